@@ -1,0 +1,40 @@
+# Every target bootstraps what it needs: the virtual env from uv.lock (and Java, at first use).
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+SYNCED := $(VENV)/.synced
+
+.PHONY: help demo test test-fast lint format typecheck bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(SYNCED): pyproject.toml uv.lock scripts/bootstrap.sh
+	@scripts/bootstrap.sh
+	@touch $@
+
+demo: $(SYNCED)  ## run both jobs on sample text and show their output
+	$(BIN)/python scripts/demo.py
+
+test: lint typecheck  ## lint, type-check and run every test (what CI runs)
+	$(BIN)/pytest
+
+test-fast: $(SYNCED)  ## only the tests that need neither Spark nor subprocess jobs
+	$(BIN)/pytest -m "not spark and not slow"
+
+lint: $(SYNCED)  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(SYNCED)  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(SYNCED)  ## mypy on the packages
+	$(BIN)/mypy
+
+bench: $(SYNCED)  ## throughput benchmark (prints ratios against references measured in the same run)
+	$(BIN)/python bench/throughput.py
+
+clean:  ## remove the virtual env, caches and demo data
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache data

@@ -1,0 +1,189 @@
+"""What both jobs do around their query: checks, session, status, sink and a graceful stop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+import pyarrow as pa
+from pyspark.errors import StreamingQueryException
+from pyspark.sql import DataFrame
+from pyspark.sql.streaming.query import StreamingQuery
+
+from spark_jobs.layout import CheckpointLayout, Generation
+from spark_jobs.listener import StatusListener
+from spark_jobs.session import build_session
+from spark_jobs.sinks import ParquetBatchSink, batch_time_of, format_batch, with_batch_columns
+from spark_jobs.sources import read_lines
+from spark_jobs.status import StreamStatus
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_STREAM_FAILED = 1
+EXIT_REFUSED = 2
+# How long a stop request waits for the running micro-batch to finish before stopping anyway.
+STOP_GRACE_SECONDS = 600.0
+
+
+class RefusedToStart(Exception):
+    """The job cannot start safely; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What makes one job different from the other."""
+
+    name: str
+    schema: pa.Schema
+    value_column: str
+    output_mode: str
+    # Streaming lines -> the streaming DataFrame whose micro-batches go to `batch_result`.
+    build_stream: Callable[[DataFrame, argparse.Namespace], DataFrame]
+    # One micro-batch of that stream -> the rows to write: `word`, the value column and,
+    # for windowed counts, `window_start` and `window_end`.
+    batch_result: Callable[[DataFrame], DataFrame]
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_generation(
+    layout: CheckpointLayout, sink: ParquetBatchSink, args: argparse.Namespace
+) -> Generation:
+    """The checkpoint's generation, recorded on the first start of a new checkpoint."""
+    generation = Generation.read(layout)
+    if generation is not None:
+        return generation
+    if not layout.is_new():
+        # A checkpoint Spark started without us: its batch ids are the sink's.
+        return Generation(first_sink_batch_id=0)
+    last = sink.last_batch_id()
+    if last is not None and args.source == "file" and not args.allow_new_checkpoint:
+        raise RefusedToStart(
+            f"--checkpoint {args.checkpoint} is new but --sink {args.sink} already holds batches "
+            f"up to {last}: a new checkpoint would read every file in --input again and count it "
+            "twice. Resume with the checkpoint that wrote this sink, point --sink at an empty "
+            "folder, or pass --allow-new-checkpoint if --input holds only files never counted."
+        )
+    generation = Generation(first_sink_batch_id=0 if last is None else last + 1)
+    generation.write(layout)
+    return generation
+
+
+class StopRequest:
+    """Set by SIGTERM or SIGINT: stop the query once its running micro-batch has finished."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        """Route SIGTERM and SIGINT here (main thread only)."""
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("received %s: stopping after the running micro-batch", signal.strsignal(signum))
+        self.event.set()
+
+
+def stop_at_batch_boundary(
+    query: StreamingQuery, grace_seconds: float = STOP_GRACE_SECONDS
+) -> None:
+    """Stop a query between micro-batches.
+
+    A batch that starts in the instant between the check and the stop is interrupted; that
+    costs nothing but time, because the sink is idempotent and Spark replays it on restart.
+    """
+    deadline = time.monotonic() + grace_seconds
+    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    query.stop()
+
+
+def supervise(query: StreamingQuery, stop: StopRequest) -> None:
+    """Wait for the query to end: by itself (available-now), by a stop request, or by failing."""
+    while not query.awaitTermination(1):
+        if stop.event.is_set():
+            stop_at_batch_boundary(query)
+    query.awaitTermination()  # raises StreamingQueryException if the query failed
+
+
+def run(spec: JobSpec, args: argparse.Namespace) -> int:
+    """Run a job to its end. Returns the process exit code."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    layout = CheckpointLayout.of(args.checkpoint)
+    sink = ParquetBatchSink(args.sink, spec.schema)
+    try:
+        generation = resolve_generation(layout, sink, args)
+    except RefusedToStart as refusal:
+        sys.stderr.write(f"{spec.name}: error: {refusal}\n")
+        return EXIT_REFUSED
+    if removed := sink.remove_incomplete():
+        log.info("removed %d partly written batch file(s) from %s", removed, args.sink)
+
+    stop = StopRequest()
+    stop.install()
+    spark = build_session(f"streamops-{spec.name}", args.shuffle_partitions, spec.spark_conf)
+    status = StreamStatus(
+        job=spec.name,
+        checkpoint=args.checkpoint,
+        sink=args.sink,
+        trigger_interval=None if args.available_now else args.trigger_interval,
+    )
+    spark.streams.addListener(StatusListener(status, generation.first_sink_batch_id))
+
+    def write_batch(batch: DataFrame, spark_batch_id: int) -> None:
+        batch_id = generation.sink_batch_id(spark_batch_id)
+        batch_time = batch_time_of(layout.batch_timestamp_ms(spark_batch_id))
+        result = spec.batch_result(batch).toArrow()
+        if result.num_rows:
+            sink.write(batch_id, with_batch_columns(result, batch_id, batch_time))
+        if args.console:
+            print(format_batch(batch_time, result, spec.value_column), end="", flush=True)
+
+    writer = (
+        spec.build_stream(read_lines(spark, args), args)
+        .writeStream.queryName(spec.name)
+        .outputMode(spec.output_mode)
+        .option("checkpointLocation", args.checkpoint)
+        .foreachBatch(write_batch)
+    )
+    if args.available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=args.trigger_interval)
+    log.info(
+        "starting %s: source=%s sink=%s checkpoint=%s first sink batch id=%d",
+        spec.name,
+        args.source,
+        args.sink,
+        args.checkpoint,
+        generation.first_sink_batch_id,
+    )
+    query = writer.start()
+    try:
+        supervise(query, stop)
+    except StreamingQueryException as failure:
+        reason = str(failure).strip().splitlines()[0]
+        sys.stderr.write(
+            f"{spec.name}: error: the stream failed: {reason}\n"
+            f"  status: {layout.status_file}\n"
+            "  The checkpoint is intact: start the job again to resume from the last committed "
+            "batch.\n"
+        )
+        return EXIT_STREAM_FAILED
+    finally:
+        # Let the listener record the termination before the JVM goes away.
+        time.sleep(0.5)
+        spark.stop()
+    log.info("%s stopped after sink batch %s", spec.name, sink.last_batch_id())
+    return EXIT_OK

@@ -1,0 +1,109 @@
+"""The status contract: what a running job tells the control plane, and how it is read back.
+
+A job's `StatusListener` (see `listener.py`) rewrites `<checkpoint>/_streamops/status.json`
+atomically on every event. Airflow's health checks and any other reader call `read_status()`.
+Only the standard library and `storage` are imported here, so DAG files may import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from spark_jobs.layout import CheckpointLayout
+
+State = Literal["starting", "running", "stopped", "failed"]
+RECENT_BATCHES = 30
+
+
+def utc_now() -> str:
+    """The current time as an ISO-8601 UTC string, the format of every time in the status."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class BatchProgress:
+    """One micro-batch, as reported by Spark's `StreamingQueryProgress`."""
+
+    batch_id: int
+    spark_batch_id: int
+    timestamp: str
+    input_rows: int
+    input_rows_per_second: float
+    processed_rows_per_second: float
+    duration_ms: int
+    state_rows: int | None
+
+
+@dataclass
+class StreamStatus:
+    """A job's last known progress. Times are ISO-8601 UTC strings."""
+
+    job: str
+    checkpoint: str
+    sink: str
+    state: State = "starting"
+    pid: int = field(default_factory=os.getpid)
+    host: str = field(default_factory=socket.gethostname)
+    query_id: str | None = None
+    run_id: str | None = None
+    trigger_interval: str | None = None
+    started_at: str = field(default_factory=utc_now)
+    updated_at: str = field(default_factory=utc_now)
+    last_batch: BatchProgress | None = None
+    recent_batches: list[BatchProgress] = field(default_factory=list)
+    exception: str | None = None
+
+    def record_batch(self, batch: BatchProgress) -> None:
+        """Add a finished batch, keeping the most recent ones."""
+        self.state = "running"
+        self.last_batch = batch
+        self.recent_batches = [*self.recent_batches, batch][-RECENT_BATCHES:]
+        self.updated_at = utc_now()
+
+    def to_json(self) -> str:
+        """The status file's content."""
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> StreamStatus:
+        """Parse a status file's content."""
+        data: dict[str, Any] = json.loads(text)
+        last = data.pop("last_batch", None)
+        recent = data.pop("recent_batches", [])
+        status = cls(**data)
+        status.last_batch = BatchProgress(**last) if last else None
+        status.recent_batches = [BatchProgress(**b) for b in recent]
+        return status
+
+
+def batch_from_progress(progress: dict[str, Any], first_sink_batch_id: int) -> BatchProgress:
+    """Pick the fields we keep out of a `StreamingQueryProgress` JSON document."""
+    state_rows = [op.get("numRowsTotal", 0) for op in progress.get("stateOperators", [])]
+    return BatchProgress(
+        batch_id=first_sink_batch_id + int(progress["batchId"]),
+        spark_batch_id=int(progress["batchId"]),
+        timestamp=str(progress["timestamp"]),
+        input_rows=int(progress.get("numInputRows", 0)),
+        input_rows_per_second=float(progress.get("inputRowsPerSecond") or 0.0),
+        processed_rows_per_second=float(progress.get("processedRowsPerSecond") or 0.0),
+        duration_ms=int(progress.get("batchDuration", 0)),
+        state_rows=sum(state_rows) if state_rows else None,
+    )
+
+
+def write_status(status: StreamStatus) -> None:
+    """Atomically replace the status file of the status's checkpoint."""
+    CheckpointLayout.of(status.checkpoint).status_file.write_text_atomic(status.to_json())
+
+
+def read_status(checkpoint: str) -> StreamStatus | None:
+    """The status a job last wrote beside a checkpoint, or None if it never wrote one."""
+    status_file = CheckpointLayout.of(checkpoint).status_file
+    if not status_file.exists():
+        return None
+    return StreamStatus.from_json(status_file.read_text())

@@ -1,0 +1,39 @@
+"""What a word is: the tokenizer both jobs share, as pure DataFrame transforms.
+
+Default rules:
+- Words are separated by runs of Unicode whitespace (Java's `\\s` with UNICODE_CHARACTER_CLASS:
+  spaces, tabs, line and paragraph separators, no-break and ideographic spaces), control
+  characters (NUL and the rest of `\\p{Cc}`), and U+FFFD, which stands for bytes that were not
+  valid UTF-8. So bad bytes split words instead of producing garbage words.
+- Empty tokens are dropped (the seed's `split(" ")` counted `""` on double spaces) and case is kept.
+
+With `normalize=True` words are lower-cased and leading and trailing punctuation (`\\p{P}`) is
+stripped: `"Hello,"` and `"hello"` count as one word, `"don't"` stays `"don't"`, and a token that
+is only punctuation (`"--"`) is dropped.
+
+Scripts written without spaces, such as Chinese or Japanese, are not segmented: a run of Han
+characters between two separators is one word (`"我爱北京"` is one word). Use a dictionary-based
+segmenter upstream if per-word counts matter for such text.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+SEPARATORS = r"(?U)[\s\p{Cc}\x{FFFD}]+"
+EDGE_PUNCTUATION = r"^\p{P}+|\p{P}+$"
+
+
+def words_of(line: Column, normalize: bool = False) -> Column:
+    """An array column of the words in a line of text."""
+    tokens = F.split(F.make_valid_utf8(line), SEPARATORS)
+    if normalize:
+        tokens = F.transform(tokens, lambda t: F.regexp_replace(F.lower(t), EDGE_PUNCTUATION, ""))
+    return F.filter(tokens, lambda t: t != "")
+
+
+def tokenize(lines: DataFrame, normalize: bool = False, text_column: str = "value") -> DataFrame:
+    """One row per word occurrence (`word`), keeping the other columns of each line."""
+    others = [c for c in lines.columns if c != text_column]
+    return lines.select(*others, F.explode(words_of(F.col(text_column), normalize)).alias("word"))
