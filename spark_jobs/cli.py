@@ -32,7 +32,15 @@ _UNIT_ALIASES = {
     "min": "minute",
     "h": "hour",
 }
-_INTERVAL = re.compile(r"^\s*(\d+)\s*([a-z]+?)s?\s*$")
+_INTERVAL = re.compile(r"^\s*(\d+)\s*([a-z]+)\s*$")
+
+
+def _unit(word: str) -> str | None:
+    for candidate in (word, word.removesuffix("s")):
+        unit = _UNIT_ALIASES.get(candidate, candidate)
+        if unit in _UNITS_MS:
+            return unit
+    return None
 
 
 class JobArgumentParser(argparse.ArgumentParser):
@@ -50,8 +58,8 @@ def interval_ms(text: str, allow_zero: bool = False) -> int:
     Raises `ValueError` with a message for the user when the text is not such an interval.
     """
     match = _INTERVAL.match(text.lower())
-    unit = _UNIT_ALIASES.get(match.group(2), match.group(2)) if match else None
-    if match is None or unit not in _UNITS_MS:
+    unit = _unit(match.group(2)) if match else None
+    if match is None or unit is None:
         raise ValueError(
             f"expected an interval like '1 second', '500 milliseconds' or '2 minutes', got {text!r}"
         )
@@ -62,6 +70,8 @@ def interval_ms(text: str, allow_zero: bool = False) -> int:
 
 
 def _spark_interval(ms: int) -> str:
+    if ms == 0:
+        return "0 seconds"
     for unit, size in reversed(_UNITS_MS.items()):
         if ms % size == 0:
             return f"{ms // size} {unit}s"

@@ -14,7 +14,7 @@ from types import FrameType
 
 import pyarrow as pa
 from pyspark.errors import StreamingQueryException
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
 
 from spark_jobs.layout import CheckpointLayout, Generation
@@ -114,32 +114,41 @@ def supervise(query: StreamingQuery, stop: StopRequest) -> None:
     query.awaitTermination()  # raises StreamingQueryException if the query failed
 
 
-def run(spec: JobSpec, args: argparse.Namespace) -> int:
-    """Run a job to its end. Returns the process exit code."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+@dataclass
+class StartedJob:
+    """A job whose query is running."""
+
+    query: StreamingQuery
+    listener: StatusListener
+    layout: CheckpointLayout
+    sink: ParquetBatchSink
+    generation: Generation
+
+
+def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> StartedJob:
+    """Check the checkpoint and sink, then start the job's query in `spark`.
+
+    Raises `RefusedToStart` when starting would lose or duplicate data.
+    """
     layout = CheckpointLayout.of(args.checkpoint)
     sink = ParquetBatchSink(args.sink, spec.schema)
-    try:
-        generation = resolve_generation(layout, sink, args)
-    except RefusedToStart as refusal:
-        sys.stderr.write(f"{spec.name}: error: {refusal}\n")
-        return EXIT_REFUSED
+    generation = resolve_generation(layout, sink, args)
     if removed := sink.remove_incomplete():
         log.info("removed %d partly written batch file(s) from %s", removed, args.sink)
+    for key, value in {
+        "spark.sql.shuffle.partitions": str(args.shuffle_partitions),
+        **spec.spark_conf,
+    }.items():
+        spark.conf.set(key, value)
 
-    stop = StopRequest()
-    stop.install()
-    spark = build_session(f"streamops-{spec.name}", args.shuffle_partitions, spec.spark_conf)
     status = StreamStatus(
         job=spec.name,
         checkpoint=args.checkpoint,
         sink=args.sink,
         trigger_interval=None if args.available_now else args.trigger_interval,
     )
-    spark.streams.addListener(StatusListener(status, generation.first_sink_batch_id))
+    listener = StatusListener(status, generation.first_sink_batch_id)
+    spark.streams.addListener(listener)
 
     def write_batch(batch: DataFrame, spark_batch_id: int) -> None:
         batch_id = generation.sink_batch_id(spark_batch_id)
@@ -169,14 +178,29 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
         args.checkpoint,
         generation.first_sink_batch_id,
     )
-    query = writer.start()
+    return StartedJob(writer.start(), listener, layout, sink, generation)
+
+
+def run(spec: JobSpec, args: argparse.Namespace) -> int:
+    """Run a job to its end in its own SparkSession. Returns the process exit code."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    stop = StopRequest()
+    stop.install()
+    spark = build_session(f"streamops-{spec.name}")
     try:
-        supervise(query, stop)
+        job = start(spark, spec, args)
+        supervise(job.query, stop)
+    except RefusedToStart as refusal:
+        sys.stderr.write(f"{spec.name}: error: {refusal}\n")
+        return EXIT_REFUSED
     except StreamingQueryException as failure:
         reason = str(failure).strip().splitlines()[0]
         sys.stderr.write(
             f"{spec.name}: error: the stream failed: {reason}\n"
-            f"  status: {layout.status_file}\n"
+            f"  status: {CheckpointLayout.of(args.checkpoint).status_file}\n"
             "  The checkpoint is intact: start the job again to resume from the last committed "
             "batch.\n"
         )
@@ -185,5 +209,5 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
         # Let the listener record the termination before the JVM goes away.
         time.sleep(0.5)
         spark.stop()
-    log.info("%s stopped after sink batch %s", spec.name, sink.last_batch_id())
+    log.info("%s stopped after sink batch %s", spec.name, job.sink.last_batch_id())
     return EXIT_OK

@@ -12,10 +12,10 @@ STATE_STORE_PROVIDERS = {
 }
 
 
-def build_session(
-    app_name: str, shuffle_partitions: int, extra_conf: dict[str, str] | None = None
-) -> SparkSession:
+def build_session(app_name: str) -> SparkSession:
     """A session with the settings the jobs rely on.
+
+    Per-query settings (shuffle partitions, state store) are set by `runner.start`.
 
     The master comes from `spark-submit` (or `PYSPARK_SUBMIT_ARGS`); run with plain `python -m`
     it is Spark's default, `local[*]`.
@@ -24,11 +24,9 @@ def build_session(
     conf = {
         # Sink timestamps are UTC whatever the machine's zone.
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": str(shuffle_partitions),
         "spark.ui.showConsoleProgress": "false",
         # Let the job fail with its own one-line message rather than a stack of JVM frames.
         "spark.sql.pyspark.jvmStacktrace.enabled": "false",
-        **(extra_conf or {}),
     }
     builder = SparkSession.builder.appName(app_name)
     for key, value in conf.items():

@@ -1,0 +1,59 @@
+"""The status contract round-trips through its file and reads Spark's progress documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spark_jobs.layout import CheckpointLayout
+from spark_jobs.status import (
+    RECENT_BATCHES,
+    StreamStatus,
+    batch_from_progress,
+    read_status,
+    write_status,
+)
+
+PROGRESS = {
+    "id": "q",
+    "runId": "r",
+    "batchId": 3,
+    "timestamp": "2025-10-27T10:30:00.000Z",
+    "numInputRows": 120,
+    "inputRowsPerSecond": 100.0,
+    "processedRowsPerSecond": 80.5,
+    "batchDuration": 1490,
+    "stateOperators": [{"numRowsTotal": 42}],
+}
+
+
+def test_progress_maps_to_sink_batch_ids() -> None:
+    batch = batch_from_progress(PROGRESS, first_sink_batch_id=10)
+    assert (batch.batch_id, batch.spark_batch_id) == (13, 3)
+    assert batch.input_rows == 120
+    assert batch.processed_rows_per_second == 80.5
+    assert batch.duration_ms == 1490
+    assert batch.state_rows == 42
+
+
+def test_stateless_progress_has_no_state_rows() -> None:
+    batch = batch_from_progress({**PROGRESS, "stateOperators": []}, 0)
+    assert batch.state_rows is None
+
+
+def test_status_round_trips_through_the_checkpoint(tmp_path: Path) -> None:
+    status = StreamStatus(job="running_total", checkpoint=str(tmp_path / "ck"), sink="s")
+    for i in range(RECENT_BATCHES + 5):
+        status.record_batch(batch_from_progress({**PROGRESS, "batchId": i}, 0))
+    write_status(status)
+    assert CheckpointLayout.of(str(tmp_path / "ck")).status_file.exists()
+    read = read_status(str(tmp_path / "ck"))
+    assert read == status
+    assert read is not None
+    assert read.state == "running"
+    assert len(read.recent_batches) == RECENT_BATCHES
+    assert read.last_batch is not None
+    assert read.last_batch.batch_id == RECENT_BATCHES + 4
+
+
+def test_no_status_before_the_first_start(tmp_path: Path) -> None:
+    assert read_status(str(tmp_path / "never-started")) is None

@@ -1,0 +1,134 @@
+"""Both jobs on the seed's text: a real file source, real checkpoints, restarts between batches."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+
+from spark_jobs import running_total, word_count
+from spark_jobs.status import read_status
+from tests.conftest import drop_file, read_sink, run_available_now
+
+pytestmark = pytest.mark.spark
+
+SEED_FIRST = "hello world spark streaming\nhello spark\n"
+SEED_SECOND = "hello spark\n"
+
+
+def argv(tmp_path: Path, name: str) -> list[str]:
+    return [
+        "--input",
+        str(tmp_path / "in"),
+        "--sink",
+        str(tmp_path / f"{name}-sink"),
+        "--checkpoint",
+        str(tmp_path / f"{name}-ck"),
+        "--shuffle-partitions",
+        "2",
+    ]
+
+
+def rows(frame: pd.DataFrame, value: str) -> set[tuple[int, str, int]]:
+    return {
+        (int(b), str(w), int(v))
+        for b, w, v in zip(frame.batch_id, frame.word, frame[value], strict=True)
+    }
+
+
+def test_seed_text_gives_the_seed_output_across_a_restart(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # Given the seed's first input
+    drop_file(tmp_path / "in", "1.txt", SEED_FIRST)
+    # When both jobs process it, stop, and start again on the same checkpoints after more input
+    run_available_now(spark, word_count, argv(tmp_path, "wc"))
+    run_available_now(spark, running_total, argv(tmp_path, "rt"))
+    drop_file(tmp_path / "in", "2.txt", SEED_SECOND)
+    run_available_now(spark, word_count, argv(tmp_path, "wc"))
+    run_available_now(spark, running_total, argv(tmp_path, "rt"))
+
+    # Then word_count holds the seed's per-batch counts
+    counts = read_sink(tmp_path / "wc-sink")
+    assert rows(counts, "count") == {
+        (0, "hello", 2), (0, "spark", 2), (0, "world", 1), (0, "streaming", 1),
+        (1, "hello", 1), (1, "spark", 1),
+    }  # fmt: skip
+    # And running_total the seed's updateStateByKey totals, one row per word changed in a batch
+    totals = read_sink(tmp_path / "rt-sink")
+    assert rows(totals, "total") == {
+        (0, "hello", 2), (0, "spark", 2), (0, "world", 1), (0, "streaming", 1),
+        (1, "hello", 3), (1, "spark", 3),
+    }  # fmt: skip
+    # And each batch's rows share the batch's own time, increasing with the batch id
+    for frame in (counts, totals):
+        times = frame.groupby("batch_id")["batch_time"].nunique()
+        assert (times == 1).all()
+        firsts = frame.groupby("batch_id")["batch_time"].first()
+        assert firsts.is_monotonic_increasing
+
+
+def test_status_file_reports_the_last_batch(spark: SparkSession, tmp_path: Path) -> None:
+    drop_file(tmp_path / "in", "1.txt", SEED_FIRST)
+    run_available_now(spark, running_total, argv(tmp_path, "rt"))
+    status = read_status(str(tmp_path / "rt-ck"))
+    assert status is not None
+    assert status.job == "running_total"
+    assert status.state == "stopped"
+    assert status.last_batch is not None
+    assert status.last_batch.batch_id == 0
+    assert status.last_batch.input_rows == 2
+    assert status.last_batch.state_rows == 4
+    assert status.exception is None
+
+
+def test_sink_batch_ids_continue_on_a_new_checkpoint(spark: SparkSession, tmp_path: Path) -> None:
+    drop_file(tmp_path / "in", "1.txt", SEED_FIRST)
+    run_available_now(spark, word_count, argv(tmp_path, "wc"))
+    # A new checkpoint over a new input folder, same sink: batch ids go on from 1, not 0 again.
+    new_argv = argv(tmp_path, "wc")
+    new_argv[1] = str(tmp_path / "in2")
+    new_argv[5] = str(tmp_path / "wc-ck2")
+    drop_file(tmp_path / "in2", "1.txt", SEED_SECOND)
+    run_available_now(spark, word_count, [*new_argv, "--allow-new-checkpoint"])
+    assert sorted(read_sink(tmp_path / "wc-sink").batch_id.unique()) == [0, 1]
+    assert json.loads((tmp_path / "wc-ck2/_streamops/generation.json").read_text()) == {
+        "first_sink_batch_id": 1
+    }
+
+
+def test_sliding_windows_count_each_word_once_per_window(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    windows = ["--window", "4 seconds", "--slide", "2 seconds"]
+    # Given words in one batch, then a later batch that moves the watermark past their windows
+    drop_file(tmp_path / "in", "1.txt", SEED_FIRST)
+    run_available_now(spark, word_count, [*argv(tmp_path, "win"), *windows])
+    time.sleep(4.5)
+    drop_file(tmp_path / "in", "2.txt", "later\n")
+    run_available_now(spark, word_count, [*argv(tmp_path, "win"), *windows])
+    run_available_now(spark, word_count, [*argv(tmp_path, "win"), *windows])
+    frame = read_sink(tmp_path / "win-sink")
+    first = frame[frame.word != "later"]
+    # Then each of the two windows that hold the first batch's time holds its counts, written once
+    assert list(frame.columns) == [
+        "batch_id",
+        "batch_time",
+        "window_start",
+        "window_end",
+        "word",
+        "count",
+    ]
+    assert first.groupby("word")["count"].sum().to_dict() == {
+        "hello": 4,
+        "spark": 4,
+        "world": 2,
+        "streaming": 2,
+    }
+    assert first.groupby(["window_start", "word"]).size().max() == 1
+    assert first.window_start.nunique() == 2
+    assert ((first.window_end - first.window_start) == pd.Timedelta(seconds=4)).all()
