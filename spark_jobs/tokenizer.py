@@ -3,8 +3,11 @@
 Default rules:
 - Words are separated by runs of Unicode whitespace (Java's `\\s` with UNICODE_CHARACTER_CLASS:
   spaces, tabs, line and paragraph separators, no-break and ideographic spaces), control
-  characters (NUL and the rest of `\\p{Cc}`), and U+FFFD, which stands for bytes that were not
-  valid UTF-8. So bad bytes split words instead of producing garbage words.
+  characters (NUL and the rest of `\\p{Cc}`), the zero-width space and byte-order mark (U+200B,
+  U+FEFF: a BOM at the start of a file must not make `"\\ufeffhello"` a word of its own), and
+  U+FFFD, which stands for bytes that were not valid UTF-8. So bad bytes split words instead of
+  producing garbage words. Other code points are kept as they are: binary input that happens to
+  decode as UTF-8 gives odd but non-blank words.
 - Empty tokens are dropped (the seed's `split(" ")` counted `""` on double spaces) and case is kept.
 
 With `normalize=True` words are lower-cased and leading and trailing punctuation (`\\p{P}`) is
@@ -21,7 +24,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-SEPARATORS = r"(?U)[\s\p{Cc}\x{FFFD}]+"
+SEPARATORS = r"(?U)[\s\p{Cc}\x{FFFD}\x{FEFF}\x{200B}]+"
 EDGE_PUNCTUATION = r"^\p{P}+|\p{P}+$"
 
 

@@ -30,6 +30,7 @@ def words(spark: SparkSession, line: str, normalize: bool = False) -> list[str]:
         ("Case Is Kept, punctuation too!", ["Case", "Is", "Kept,", "punctuation", "too!"]),
         ("nul\x00separated\x07bell", ["nul", "separated", "bell"]),
         ("bad\ufffdbytes", ["bad", "bytes"]),
+        ("\ufeffbom zero\u200bwidth", ["bom", "zero", "width"]),
         ("", []),
         ("   \t  ", []),
         ("我爱北京 天安门", ["我爱北京", "天安门"]),

@@ -1,0 +1,153 @@
+"""Exactly-once under crashes: SIGKILL both drivers mid-stream again and again, restart each time.
+
+Every input file is one micro-batch (`--max-files-per-trigger 1`) and files carry increasing
+modification times, so both jobs see the same file in the same batch id. That makes three exact
+checks possible: word_count's counts sum to the input's, running_total ends at the input's totals,
+and at every batch each running total equals the sum of word_count's counts up to that batch.
+
+Half the kills are aimed: they land after a batch's sink file is written and before Spark has
+committed the batch, so the restart must replay a batch whose output is already in the sink.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from spark_jobs.status import read_status
+from tests.conftest import drop_file, job_command, read_sink
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+JOBS = ("word_count", "running_total")
+VOCABULARY = [f"word{i}" for i in range(40)]
+ROUNDS = 4
+FILES_PER_ROUND = 5
+
+
+def make_text(rng: random.Random) -> str:
+    lines = (" ".join(rng.choices(VOCABULARY, k=rng.randint(1, 12))) for _ in range(200))
+    return "\n".join(lines) + "\n"
+
+
+def job_argv(tmp_path: Path, job: str) -> list[str]:
+    return [
+        "--input", str(tmp_path / "in"),
+        "--sink", str(tmp_path / f"{job}-sink"),
+        "--checkpoint", str(tmp_path / f"{job}-ck"),
+        "--max-files-per-trigger", "1",
+        "--shuffle-partitions", "2",
+    ]  # fmt: skip
+
+
+def last_batch(tmp_path: Path, job: str) -> int:
+    status = read_status(str(tmp_path / f"{job}-ck"))
+    return -1 if status is None or status.last_batch is None else status.last_batch.batch_id
+
+
+def uncommitted_output(tmp_path: Path, job: str) -> bool:
+    """True while the sink holds a batch that the checkpoint has not committed yet."""
+    written = [int(p.name[5:17]) for p in (tmp_path / f"{job}-sink").glob("part-*.parquet")]
+    commits = tmp_path / f"{job}-ck" / "commits"
+    committed = (
+        [int(p.name) for p in commits.iterdir() if p.name.isdigit()] if commits.exists() else []
+    )
+    return bool(written) and max(written) > max(committed, default=-1)
+
+
+def kill_mid_stream(tmp_path: Path, rng: random.Random, aimed: bool) -> int:
+    """Start both jobs, wait until they make progress, then SIGKILL them.
+
+    Returns how many jobs were killed with written but uncommitted output.
+    """
+    before = {job: last_batch(tmp_path, job) for job in JOBS}
+    procs = {
+        job: subprocess.Popen(
+            job_command(job, *job_argv(tmp_path, job), "--trigger-interval", "0 seconds"),
+            start_new_session=True,  # its own process group: the JVM dies with the driver
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"{job}.log").open("ab"),
+        )
+        for job in JOBS
+    }
+    try:
+        deadline = time.monotonic() + 120
+        while any(last_batch(tmp_path, job) <= before[job] for job in JOBS):
+            assert time.monotonic() < deadline, "the jobs made no progress in 120 s"
+            assert all(p.poll() is None for p in procs.values()), "a job exited on its own"
+            time.sleep(0.1)
+        if not aimed:
+            time.sleep(rng.uniform(0.0, 1.5))
+        aimed_kills = 0
+        pending = list(JOBS)
+        while aimed and pending and time.monotonic() < deadline:
+            for job in list(pending):
+                if uncommitted_output(tmp_path, job):
+                    os.killpg(procs[job].pid, signal.SIGKILL)
+                    aimed_kills += uncommitted_output(tmp_path, job)
+                    pending.remove(job)
+            time.sleep(0.002)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return aimed_kills
+
+
+def test_both_sinks_stay_exact_through_repeated_sigkills(tmp_path: Path) -> None:
+    rng = random.Random(20251027)
+    expected: Counter[str] = Counter()
+    mtime = time.time() - 3600
+    files = 0
+    aimed_kills = 0
+    # Given input arriving in rounds, with both drivers killed mid-stream in every round
+    for round_ in range(ROUNDS):
+        for _ in range(FILES_PER_ROUND):
+            text = make_text(rng)
+            expected.update(text.split())
+            files += 1
+            mtime += 1
+            drop_file(tmp_path / "in", f"{files:04d}.txt", text, mtime=mtime)
+        aimed_kills += kill_mid_stream(tmp_path, rng, aimed=round_ % 2 == 1)
+    assert aimed_kills >= 1, "no kill landed between a sink write and its commit"
+
+    # When both jobs are restarted to finish what is left
+    for job in JOBS:
+        done = subprocess.run(
+            job_command(job, *job_argv(tmp_path, job), "--available-now"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    # Then every file is exactly one batch in each sink
+    counts = read_sink(tmp_path / "word_count-sink")
+    totals = read_sink(tmp_path / "running_total-sink")
+    assert sorted(counts.batch_id.unique()) == list(range(files))
+    assert sorted(totals.batch_id.unique()) == list(range(files))
+    assert not counts.duplicated(["batch_id", "word"]).any()
+    assert not totals.duplicated(["batch_id", "word"]).any()
+    # And word_count's counts sum to the input's word counts
+    assert counts.groupby("word")["count"].sum().to_dict() == dict(expected)
+    # And running_total ends at the input's totals
+    final = totals.sort_values("batch_id").groupby("word")["total"].last()
+    assert final.to_dict() == dict(expected)
+    # And at every batch, each running total is the sum of word_count's counts so far
+    cumulative = counts.sort_values("batch_id").assign(
+        total=lambda f: f.groupby("word")["count"].cumsum()
+    )
+    merged = totals.merge(cumulative, on=["batch_id", "word"], suffixes=("", "_from_counts"))
+    assert len(merged) == len(totals)
+    assert (merged.total == merged.total_from_counts).all()
+    # And no partly written batch file is left behind
+    assert not list((tmp_path / "word_count-sink").glob(".*"))
