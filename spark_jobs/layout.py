@@ -10,6 +10,8 @@ A checkpoint folder holds Spark's own files and, in `_streamops/`, ours:
         _streamops/
             generation.json   our sink batch id of Spark batch 0 (see `Generation`)
             status.json       the job's progress, written by its listener (see `status.py`)
+            lock.json         who runs the query on this checkpoint (held by the control plane)
+            stop-request      present: stop at the next batch boundary and exit 0
 
 A sink folder is a Parquet dataset, one file per micro-batch:
 
@@ -69,6 +71,16 @@ class CheckpointLayout:
     def status_file(self) -> Location:
         """The job's machine-readable progress."""
         return self.root.child(STREAMOPS_DIR, "status.json")
+
+    @property
+    def lock_file(self) -> Location:
+        """The control plane's record of who runs the query on this checkpoint."""
+        return self.root.child(STREAMOPS_DIR, "lock.json")
+
+    @property
+    def stop_request(self) -> Location:
+        """Its presence asks the running job to stop at the next batch boundary."""
+        return self.root.child(STREAMOPS_DIR, "stop-request")
 
     def batch_ids(self, log: Location) -> list[int]:
         """The batch ids present in Spark's `offsets` or `commits` log, ascending."""

@@ -77,10 +77,22 @@ def resolve_generation(
 
 
 class StopRequest:
-    """Set by SIGTERM or SIGINT: stop the query once its running micro-batch has finished."""
+    """Stop the query once its running micro-batch has finished.
 
-    def __init__(self) -> None:
+    Asked for by SIGTERM, SIGINT, or a `stop-request` file in the checkpoint (how the control plane
+    asks, wherever the driver runs).
+    """
+
+    def __init__(self, layout: CheckpointLayout | None = None) -> None:
         self.event = threading.Event()
+        self.layout = layout
+
+    def is_set(self) -> bool:
+        """Whether a stop has been asked for."""
+        if not self.event.is_set() and self.layout and self.layout.stop_request.exists():
+            log.warning("found %s: stopping after the running micro-batch", self.layout.stop_request)
+            self.event.set()
+        return self.event.is_set()
 
     def install(self) -> None:
         """Route SIGTERM and SIGINT here (main thread only)."""
@@ -109,7 +121,7 @@ def stop_at_batch_boundary(
 def supervise(query: StreamingQuery, stop: StopRequest) -> None:
     """Wait for the query to end: by itself (available-now), by a stop request, or by failing."""
     while not query.awaitTermination(1):
-        if stop.event.is_set():
+        if stop.is_set():
             stop_at_batch_boundary(query)
     query.awaitTermination()  # raises StreamingQueryException if the query failed
 
@@ -187,7 +199,7 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    stop = StopRequest()
+    stop = StopRequest(CheckpointLayout.of(args.checkpoint))
     stop.install()
     spark = build_session(f"streamops-{spec.name}")
     try:

@@ -1,0 +1,41 @@
+"""
+### word_count_stream
+
+Runs the **word_count** Spark Structured Streaming job: how often each word occurs in each
+micro-batch (or, with *Window* and *Slide*, in sliding windows).
+
+**Trigger** this DAG to start the stream; the run lasts as long as the stream does. The job is
+submitted with `SparkSubmitOperator` on the `spark_default` connection (its master and deploy
+mode decide where the driver runs). Paths are relative to the data root.
+
+- A second run on the same checkpoint is refused while one is running.
+- A failed job restarts from its checkpoint with backoff: at most 5 restarts in 30 minutes, then
+  the task fails and alerts.
+- **Stop** the stream with the `stream_control` DAG (action *stop*): it ends at a batch boundary
+  and this run succeeds. Marking the task failed kills the driver.
+
+Sink: Parquet, one file per micro-batch, columns `batch_id, batch_time, word, count`.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG
+
+from streamops.operators import StreamSubmitOperator
+from streamops.params import stream_params
+
+with DAG(
+    dag_id="word_count_stream",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    params=stream_params("word_count"),
+    tags=["streaming", "spark"],
+    default_args={"owner": "data-platform", "retries": 0},
+) as dag:
+    StreamSubmitOperator(task_id="run_stream", job="word_count", conn_id="spark_default")
+
+
+if __name__ == "__main__":
+    dag.test()

@@ -1,0 +1,70 @@
+"""The trigger form of the stream DAGs: typed Params whose JSON schema refuses bad values."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param
+
+from spark_jobs.cli import SOURCES
+from streamops.config import INTERVAL_PATTERN, RELATIVE_PATH_PATTERN, STREAM_NAME_PATTERN
+
+PATH_HELP = "relative to the data root ($STREAMOPS_DATA_ROOT); empty: streams/<stream>/{}"
+
+
+def _path(name: str) -> Param:
+    return Param(
+        None,
+        type=["null", "string"],
+        pattern=RELATIVE_PATH_PATTERN,
+        title=name.capitalize(),
+        description=PATH_HELP.format(name),
+    )
+
+
+def stream_params(job: str) -> dict[str, Param]:
+    """The Params of a stream DAG running `job`."""
+    params = {
+        "stream": Param(
+            job,
+            type="string",
+            pattern=STREAM_NAME_PATTERN,
+            title="Stream name",
+            description="names the stream everywhere (health checks, alerts, stream_control)",
+        ),
+        "source": Param("file", type="string", enum=list(SOURCES), title="Source"),
+        "input": _path("input"),
+        "sink": _path("sink"),
+        "checkpoint": _path("checkpoint"),
+        "trigger_interval": Param(
+            "1 second",
+            type="string",
+            pattern=INTERVAL_PATTERN,
+            title="Trigger interval",
+            description="a micro-batch every interval, e.g. '1 second', '30 seconds'",
+        ),
+        "available_now": Param(
+            False,
+            type="boolean",
+            title="Available now",
+            description="process what is there, then end the run (a bounded run: backfills, tests)",
+        ),
+        "max_files_per_trigger": Param(
+            None, type=["null", "integer"], minimum=1, title="Max files per trigger"
+        ),
+        "shuffle_partitions": Param(8, type="integer", minimum=1, title="Shuffle partitions"),
+    }
+    if job == "word_count":
+        params["window"] = Param(
+            None,
+            type=["null", "string"],
+            pattern=INTERVAL_PATTERN,
+            title="Window",
+            description="sliding-window length, e.g. '30 seconds'; empty: per-batch counts",
+        )
+        params["slide"] = Param(
+            None,
+            type=["null", "string"],
+            pattern=INTERVAL_PATTERN,
+            title="Slide",
+            description="how often a window starts, e.g. '10 seconds'; empty: the window length",
+        )
+    return params

@@ -1,0 +1,65 @@
+"""Which streams exist and whether each should be running: the control plane's own records.
+
+`<data root>/_streamops/streams/<stream>.json` is written by the stream's operator when it starts
+and stops the stream, and read by `stream_health` to find streams that should be running.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from spark_jobs.status import utc_now
+from spark_jobs.storage import Location
+from streamops.config import data_root
+
+Desired = Literal["running", "stopped"]
+
+
+@dataclass
+class StreamRecord:
+    """What the control plane knows about one stream."""
+
+    stream: str
+    job: str
+    checkpoint: str
+    sink: str
+    input: str
+    trigger_interval: str | None
+    desired: Desired = "running"
+    dag_id: str = ""
+    run_id: str = ""
+    updated_at: str = field(default_factory=utc_now)
+    restarts: list[str] = field(default_factory=list)
+    last_error: str | None = None
+
+
+def registry_dir(root: str | None = None) -> Location:
+    """The folder of stream records."""
+    return Location.of(root or data_root()).child("_streamops", "streams")
+
+
+def save(record: StreamRecord, root: str | None = None) -> None:
+    """Write a stream's record."""
+    record.updated_at = utc_now()
+    location = registry_dir(root).child(f"{record.stream}.json")
+    location.write_text_atomic(json.dumps(asdict(record), indent=2) + "\n")
+
+
+def load(stream: str, root: str | None = None) -> StreamRecord | None:
+    """A stream's record, or None if the stream was never started."""
+    location = registry_dir(root).child(f"{stream}.json")
+    if not location.exists():
+        return None
+    return StreamRecord(**json.loads(location.read_text()))
+
+
+def load_all(root: str | None = None) -> list[StreamRecord]:
+    """Every stream's record, by name."""
+    folder = registry_dir(root)
+    return [
+        StreamRecord(**json.loads(folder.child(info.base_name).read_text()))
+        for info in folder.list()
+        if info.base_name.endswith(".json") and not info.base_name.startswith(".")
+    ]

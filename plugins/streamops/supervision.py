@@ -1,0 +1,38 @@
+"""When to restart a failed stream: exponential backoff inside a bounded restart budget.
+
+Defaults: at most 5 restarts in any 30 minutes; waits of 10 s, 20 s, 40 s ... capped at 5 min.
+Past the budget the operator stops restarting and fails, which alerts once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MAX_RESTARTS = 5
+DEFAULT_WINDOW_SECONDS = 30 * 60.0
+DEFAULT_BACKOFF_SECONDS = 10.0
+DEFAULT_MAX_BACKOFF_SECONDS = 300.0
+
+
+@dataclass
+class RestartBudget:
+    """Failures seen in a sliding window, and how long to wait before the next restart."""
+
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
+    max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS
+    failures: list[float] = field(default_factory=list)
+
+    def record_failure(self, now: float) -> None:
+        """Count a failure at time `now` (seconds)."""
+        self.failures = [t for t in self.failures if now - t < self.window_seconds] + [now]
+
+    def exhausted(self) -> bool:
+        """Whether restarting again would exceed `max_restarts` in the window."""
+        return len(self.failures) > self.max_restarts
+
+    def next_delay(self) -> float:
+        """Seconds to wait before the next restart: doubling with each failure in the window."""
+        exponent = max(len(self.failures) - 1, 0)
+        return float(min(self.backoff_seconds * 2**exponent, self.max_backoff_seconds))
