@@ -90,7 +90,7 @@ class StopRequest:
     def is_set(self) -> bool:
         """Whether a stop has been asked for."""
         if not self.event.is_set() and self.layout and self.layout.stop_request.exists():
-            log.warning("found %s: stopping after the running micro-batch", self.layout.stop_request)
+            log.warning("found %s: stopping after this micro-batch", self.layout.stop_request)
             self.event.set()
         return self.event.is_set()
 
