@@ -22,6 +22,7 @@ JOBS = ("word_count", "running_total")
 # Relative, made of safe characters only (no shell metacharacters, no spaces), no `..` segment.
 RELATIVE_PATH_PATTERN = r"^(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,254}$"
 STREAM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,252}[A-Za-z0-9])?$"
 INTERVAL_PATTERN = r"^[0-9]+ ?(milliseconds?|ms|seconds?|secs?|s|minutes?|mins?|m|hours?|h)$"
 
 
@@ -54,6 +55,8 @@ class StreamSpec:
     input: str = ""
     sink: str = ""
     checkpoint: str = ""
+    socket_host: str = "localhost"
+    socket_port: int = 9999
     trigger_interval: str = "1 second"
     available_now: bool = False
     max_files_per_trigger: int | None = None
@@ -89,6 +92,12 @@ class StreamSpec:
                 raise StreamConfigError(f"{name} {value!r}: must be a whole number of at least 1")
             return value
 
+        host = str(params.get("socket_host") or "localhost")
+        if not re.match(HOST_PATTERN, host):
+            raise StreamConfigError(f"socket_host {host!r}: expected a host name or IP address")
+        port = positive("socket_port") or 9999
+        if port > 65535:
+            raise StreamConfigError(f"socket_port {port}: expected a TCP port from 1 to 65535")
         for name in ("trigger_interval", "window", "slide"):
             value = params.get(name)
             if value and not re.match(INTERVAL_PATTERN, str(value)):
@@ -100,6 +109,8 @@ class StreamSpec:
             input=path("input") if source == "file" else "",
             sink=path("sink"),
             checkpoint=path("checkpoint"),
+            socket_host=host,
+            socket_port=port,
             trigger_interval=str(params.get("trigger_interval") or "1 second"),
             available_now=bool(params.get("available_now", False)),
             max_files_per_trigger=positive("max_files_per_trigger"),
@@ -113,6 +124,8 @@ class StreamSpec:
         args = ["--source", self.source]
         if self.source == "file":
             args += ["--input", self.input]
+        elif self.source == "socket":
+            args += ["--host", self.socket_host, "--port", str(self.socket_port)]
         args += ["--sink", self.sink, "--checkpoint", self.checkpoint]
         if self.available_now:
             args.append("--available-now")

@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,10 +55,12 @@ class StreamSubmitOperator(SparkSubmitOperator):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", f"streamops-{job}")
+        # Spark's start-up INFO lines would drown the job's own log lines in the task log.
+        kwargs.setdefault("conf", {"spark.log.level": "WARN"})
         kwargs.setdefault("application", str(REPO_ROOT / "spark_jobs" / f"{job}.py"))
         super().__init__(**kwargs)
         self.job = job
-        self.restart_budget = restart_budget or RestartBudget()
+        self.restart_budget = restart_budget
         self._spec: StreamSpec | None = None
         self._lock: StreamLock | None = None
 
@@ -112,7 +115,8 @@ class StreamSubmitOperator(SparkSubmitOperator):
         layout: CheckpointLayout,
         record: registry.StreamRecord,
     ) -> None:
-        budget = self.restart_budget
+        budget = replace(self.restart_budget, failures=[]) if self.restart_budget else None
+        budget = budget or RestartBudget.from_env()
         while True:
             self.log.info(
                 "stream %s: submitting %s %s", spec.stream, self.job, self.application_args

@@ -5,7 +5,12 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 from spark_jobs.cli import SOURCES
-from streamops.config import INTERVAL_PATTERN, RELATIVE_PATH_PATTERN, STREAM_NAME_PATTERN
+from streamops.config import (
+    HOST_PATTERN,
+    INTERVAL_PATTERN,
+    RELATIVE_PATH_PATTERN,
+    STREAM_NAME_PATTERN,
+)
 
 PATH_HELP = "relative to the data root ($STREAMOPS_DATA_ROOT); empty: streams/<stream>/{}"
 
@@ -32,6 +37,14 @@ def stream_params(job: str) -> dict[str, Param]:
         ),
         "source": Param("file", type="string", enum=list(SOURCES), title="Source"),
         "input": _path("input"),
+        "socket_host": Param(
+            "localhost",
+            type="string",
+            pattern=HOST_PATTERN,
+            title="Socket host",
+            description="source 'socket' only: the host to read lines from (`nc -lk 9999`)",
+        ),
+        "socket_port": Param(9999, type="integer", minimum=1, maximum=65535, title="Socket port"),
         "sink": _path("sink"),
         "checkpoint": _path("checkpoint"),
         "trigger_interval": Param(

@@ -1,11 +1,15 @@
 """When to restart a failed stream: exponential backoff inside a bounded restart budget.
 
 Defaults: at most 5 restarts in any 30 minutes; waits of 10 s, 20 s, 40 s ... capped at 5 min.
-Past the budget the operator stops restarting and fails, which alerts once.
+Past the budget the operator stops restarting and fails, which alerts once. Each default can be
+changed for a deployment with an environment variable of the Airflow workers:
+STREAMOPS_MAX_RESTARTS, STREAMOPS_RESTART_WINDOW_SECONDS, STREAMOPS_RESTART_BACKOFF_SECONDS and
+STREAMOPS_RESTART_MAX_BACKOFF_SECONDS.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_RESTARTS = 5
@@ -23,6 +27,22 @@ class RestartBudget:
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
     max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS
     failures: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls) -> RestartBudget:
+        """The defaults, overridden by the STREAMOPS_* variables of the worker's environment."""
+
+        def number(name: str, default: float) -> float:
+            return float(os.environ.get(name, default))
+
+        return cls(
+            max_restarts=int(number("STREAMOPS_MAX_RESTARTS", DEFAULT_MAX_RESTARTS)),
+            window_seconds=number("STREAMOPS_RESTART_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS),
+            backoff_seconds=number("STREAMOPS_RESTART_BACKOFF_SECONDS", DEFAULT_BACKOFF_SECONDS),
+            max_backoff_seconds=number(
+                "STREAMOPS_RESTART_MAX_BACKOFF_SECONDS", DEFAULT_MAX_BACKOFF_SECONDS
+            ),
+        )
 
     def record_failure(self, now: float) -> None:
         """Count a failure at time `now` (seconds)."""

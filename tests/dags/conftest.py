@@ -1,0 +1,67 @@
+"""A real Airflow for DAG tests: its own AIRFLOW_HOME and SQLite database, migrated once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An AIRFLOW_HOME with a migrated SQLite metadata database."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = airflow_env(home, tmp_path_factory.mktemp("unused-data"))
+    subprocess.run(
+        [str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True
+    )
+    return home
+
+
+def airflow_env(home: Path, data_root: Path, **extra: str) -> dict[str, str]:
+    """The environment the embedded stack gives Airflow, pointed at test folders."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}",
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "STREAMOPS_DATA_ROOT": str(data_root),
+            **extra,
+        }
+    )
+    return env
+
+
+def dags_test(
+    dag_id: str, conf: dict[str, object], env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """`airflow dags test` of one DAG run with `conf` as its Params."""
+    return subprocess.run(
+        [str(BIN / "airflow"), "dags", "test", dag_id, "-c", json.dumps(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_state(result: subprocess.CompletedProcess[str]) -> str:
+    """The final state of the DAG run `airflow dags test` reported."""
+    for line in reversed(result.stdout.splitlines() + result.stderr.splitlines()):
+        if "DagRun Finished" in line and "state=" in line:
+            return line.split("state=")[1].split(",")[0]
+    raise AssertionError("no DagRun Finished line:\n" + (result.stdout + result.stderr)[-3000:])

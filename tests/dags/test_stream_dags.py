@@ -1,0 +1,130 @@
+"""The stream DAGs on a real Airflow: submission through SparkSubmitOperator, the lock, the
+restart budget and the graceful stop."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spark_jobs.layout import CheckpointLayout
+from spark_jobs.status import read_status
+from streamops import registry
+from streamops.locks import StreamLock
+from tests.conftest import drop_file
+from tests.dags.conftest import BIN, airflow_env, dags_test, run_state
+
+pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.slow]
+
+SEED = "hello world spark streaming\nhello spark\n"
+
+
+def test_stream_dag_submits_the_job_and_fills_the_sink(airflow_home: Path, tmp_path: Path) -> None:
+    # Given input in the stream's default folder under the data root
+    drop_file(tmp_path / "streams/word_count/input", "1.txt", SEED)
+    env = airflow_env(airflow_home, tmp_path)
+    # When the stream DAG runs a bounded (available-now) run
+    result = dags_test("word_count_stream", {"available_now": True, "shuffle_partitions": 2}, env)
+    # Then the run succeeds through spark-submit and the sink holds the counts
+    assert run_state(result) == "success", result.stdout[-3000:]
+    counts = pd.read_parquet(tmp_path / "streams/word_count/sink")
+    assert dict(zip(counts.word, counts["count"], strict=True)) == {
+        "hello": 2, "spark": 2, "world": 1, "streaming": 1,
+    }  # fmt: skip
+    # And the lock is released and the stream recorded as not expected to run
+    assert not (tmp_path / "streams/word_count/checkpoint/_streamops/lock.json").exists()
+    record = registry.load("word_count", str(tmp_path))
+    assert record is not None
+    assert record.desired == "stopped"
+
+
+def test_second_run_on_a_running_stream_is_refused(airflow_home: Path, tmp_path: Path) -> None:
+    # Given a live owner holding the stream's checkpoint
+    (tmp_path / "streams/running_total/input").mkdir(parents=True)
+    layout = CheckpointLayout.of(str(tmp_path / "streams/running_total/checkpoint"))
+    holder = StreamLock(layout.lock_file, "running_total_stream/manual__first/run_stream#1")
+    holder.acquire()
+    try:
+        # When another run of the stream DAG starts
+        result = dags_test(
+            "running_total_stream", {"available_now": True}, airflow_env(airflow_home, tmp_path)
+        )
+    finally:
+        holder.release()
+    # Then it fails at once, naming the running one, and never submitted a job
+    assert run_state(result) == "failed"
+    output = result.stdout + result.stderr
+    assert "stream running_total: already running as running_total_stream/manual__first" in output
+    assert read_status(layout.root.path) is None
+
+
+def test_a_failing_job_is_restarted_then_fails_past_the_budget(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    # Given a stream whose job fails at every start (a socket source with nothing listening)
+    env = airflow_env(
+        airflow_home,
+        tmp_path,
+        STREAMOPS_MAX_RESTARTS="1",
+        STREAMOPS_RESTART_BACKOFF_SECONDS="1",
+    )
+    params = {"stream": "flaky", "source": "socket", "socket_port": 1, "shuffle_partitions": 1}
+    # When the stream DAG runs
+    result = dags_test("word_count_stream", params, env)
+    # Then the job was started twice (one restart), and the task failed saying why and what to do
+    assert run_state(result) == "failed"
+    output = result.stdout + result.stderr
+    assert "restart 1 of 1" in output
+    assert "stream flaky: failed 2 times in 30 min, restart budget (1) used up" in output
+    record = registry.load("flaky", str(tmp_path))
+    assert record is not None
+    assert len(record.restarts) == 2
+    assert record.desired == "running"  # stream_health must flag it
+
+
+def test_stream_control_stops_a_stream_at_a_batch_boundary(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    # Given a running stream
+    drop_file(tmp_path / "streams/word_count/input", "1.txt", SEED)
+    env = airflow_env(airflow_home, tmp_path)
+    stream = subprocess.Popen(
+        [
+            str(BIN / "airflow"),
+            "dags",
+            "test",
+            "word_count_stream",
+            "-c",
+            '{"shuffle_partitions": 2}',
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            status = read_status(str(tmp_path / "streams/word_count/checkpoint"))
+            if status and status.last_batch is not None:
+                break
+            assert stream.poll() is None, stream.stdout.read() if stream.stdout else ""
+            assert time.monotonic() < deadline, "the stream never ran a batch"
+            time.sleep(1)
+        # When stream_control asks it to stop
+        control = dags_test("stream_control", {"stream": "word_count", "action": "stop"}, env)
+        assert run_state(control) == "success", control.stdout[-2000:]
+        output, _ = stream.communicate(timeout=240)
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+    # Then the stream's run ends as a success, stopped by request, with its batch committed
+    assert "stopped at a batch boundary, as requested" in output
+    assert "state=success" in output
+    status = read_status(str(tmp_path / "streams/word_count/checkpoint"))
+    assert status is not None
+    assert status.state == "stopped"
+    assert not (tmp_path / "streams/word_count/checkpoint/_streamops/stop-request").exists()
