@@ -26,16 +26,19 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from spark_jobs.java_runtime import java_home
-from spark_jobs.layout import CheckpointLayout
 from spark_jobs.packaging import build_py_files
-from spark_jobs.status import read_status
-from streamops import registry
 from streamops.config import REPO_ROOT, StreamConfigError, StreamSpec
-from streamops.locks import StreamLock, StreamLocked
 from streamops.supervision import RestartBudget
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from spark_jobs.layout import CheckpointLayout
+    from streamops import registry
+    from streamops.locks import StreamLock
+
+# The checkpoint, status and lock modules use pyarrow's filesystems: they are imported when a
+# task runs, not when the dag-processor parses a DAG file.
 
 
 class StreamSubmitOperator(SparkSubmitOperator):
@@ -80,6 +83,10 @@ class StreamSubmitOperator(SparkSubmitOperator):
 
     def execute(self, context: Context) -> None:
         """Take the stream's lock, then run the job until it ends, restarting it on failure."""
+        from spark_jobs.layout import CheckpointLayout
+        from streamops import registry
+        from streamops.locks import StreamLock, StreamLocked
+
         spec = self._spec = self._prepare(context)
         layout = CheckpointLayout.of(spec.checkpoint)
         ti = context["ti"]
@@ -115,6 +122,8 @@ class StreamSubmitOperator(SparkSubmitOperator):
         layout: CheckpointLayout,
         record: registry.StreamRecord,
     ) -> None:
+        from streamops import registry
+
         budget = replace(self.restart_budget, failures=[]) if self.restart_budget else None
         budget = budget or RestartBudget.from_env()
         while True:
@@ -166,6 +175,8 @@ class StreamSubmitOperator(SparkSubmitOperator):
                 time.sleep(1)
 
     def _failure_reason(self, spec: StreamSpec, failure: Exception) -> str:
+        from spark_jobs.status import read_status
+
         status = read_status(spec.checkpoint)
         if status is not None and status.exception:
             return status.exception
@@ -173,6 +184,8 @@ class StreamSubmitOperator(SparkSubmitOperator):
 
     def on_kill(self) -> None:
         """Kill spark-submit, then the driver if it outlived it, and give the lock back."""
+        from spark_jobs.status import read_status
+
         super().on_kill()
         spec = self._spec
         if spec is not None:

@@ -1,0 +1,117 @@
+"""The trigger form refuses bad values before anything starts, and the operator checks again."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk import Param
+from airflow.sdk.exceptions import ParamValidationError
+
+from streamops.config import StreamConfigError, StreamSpec
+from streamops.params import stream_params
+
+
+def validate(name: str, value: object, job: str = "word_count") -> object:
+    param: Param = stream_params(job)[name]
+    return Param(value, **param.schema).resolve()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("input", "../etc"),
+        ("input", "streams/../../etc"),
+        ("input", "/etc/passwd"),
+        ("sink", "out; rm -rf /"),
+        ("sink", "$(reboot)"),
+        ("checkpoint", "a b"),
+        ("checkpoint", "x|y"),
+        ("checkpoint", "."),
+        ("source", "kafka"),
+        ("shuffle_partitions", 0),
+        ("shuffle_partitions", -4),
+        ("max_files_per_trigger", 0),
+        ("trigger_interval", "soon"),
+        ("trigger_interval", "1 second; ls"),
+        ("stream", "Word Count"),
+        ("socket_port", 0),
+        ("socket_host", "evil host;"),
+        ("window", "-5 seconds"),
+    ],
+)
+def test_trigger_form_refuses(name: str, value: object) -> None:
+    with pytest.raises(ParamValidationError):
+        validate(name, value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("input", "streams/word_count/input"),
+        ("sink", "team-a/sinks/wc.v2"),
+        ("trigger_interval", "30 seconds"),
+        ("trigger_interval", "500 ms"),
+        ("shuffle_partitions", 16),
+        ("max_files_per_trigger", None),
+        ("window", "30 seconds"),
+        ("input", None),
+    ],
+)
+def test_trigger_form_accepts(name: str, value: object) -> None:
+    assert validate(name, value) == value
+
+
+def test_default_paths_live_under_the_data_root() -> None:
+    spec = StreamSpec.from_params("running_total", {"stream": "rt"}, root="/data")
+    assert (spec.input, spec.sink, spec.checkpoint) == (
+        "/data/streams/rt/input",
+        "/data/streams/rt/sink",
+        "/data/streams/rt/checkpoint",
+    )
+
+
+def test_operator_side_check_refuses_paths_outside_the_root() -> None:
+    with pytest.raises(
+        StreamConfigError, match=r"sink '\.\./x' is not a path inside the data root"
+    ):
+        StreamSpec.from_params("word_count", {"stream": "wc", "sink": "../x"}, root="/data")
+
+
+def test_application_args_follow_the_job_cli() -> None:
+    spec = StreamSpec.from_params(
+        "word_count",
+        {
+            "stream": "wc",
+            "trigger_interval": "5 seconds",
+            "max_files_per_trigger": 3,
+            "shuffle_partitions": 4,
+            "window": "30 seconds",
+            "slide": "10 seconds",
+        },
+        root="s3://bucket/root",
+    )
+    assert spec.application_args() == [
+        "--source", "file",
+        "--input", "s3://bucket/root/streams/wc/input",
+        "--sink", "s3://bucket/root/streams/wc/sink",
+        "--checkpoint", "s3://bucket/root/streams/wc/checkpoint",
+        "--trigger-interval", "5 seconds",
+        "--max-files-per-trigger", "3",
+        "--shuffle-partitions", "4",
+        "--window", "30 seconds",
+        "--slide", "10 seconds",
+    ]  # fmt: skip
+
+
+def test_the_job_accepts_the_arguments_the_operator_builds(tmp_path: object) -> None:
+    from spark_jobs import running_total
+
+    spec = StreamSpec.from_params(
+        "running_total", {"stream": "rt", "source": "socket", "socket_port": 9000}, root="/d"
+    )
+    args = running_total.parse_args(spec.application_args())
+    assert (args.source, args.host, args.port, args.sink) == (
+        "socket",
+        "localhost",
+        9000,
+        "/d/streams/rt/sink",
+    )
