@@ -116,6 +116,8 @@ class Generation:
     """
 
     first_sink_batch_id: int
+    # 0 for a checkpoint's first life; each rotation starts the next number.
+    number: int = 0
 
     def sink_batch_id(self, spark_batch_id: int) -> int:
         """The sink's batch id of a Spark batch of this checkpoint."""
@@ -127,10 +129,13 @@ class Generation:
         if not layout.generation_file.exists():
             return None
         data = json.loads(layout.generation_file.read_text())
-        return cls(first_sink_batch_id=int(data["first_sink_batch_id"]))
+        return cls(
+            first_sink_batch_id=int(data["first_sink_batch_id"]), number=int(data.get("number", 0))
+        )
 
     def write(self, layout: CheckpointLayout) -> None:
         """Record this generation in the checkpoint."""
         layout.generation_file.write_text_atomic(
-            json.dumps({"first_sink_batch_id": self.first_sink_batch_id}) + "\n"
+            json.dumps({"first_sink_batch_id": self.first_sink_batch_id, "number": self.number})
+            + "\n"
         )

@@ -17,6 +17,8 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming.query import StreamingQuery
 
+from spark_jobs.checkpoints import CheckpointCorrupt
+from spark_jobs.checkpoints import validate as validate_checkpoint
 from spark_jobs.layout import CheckpointLayout, Generation
 from spark_jobs.listener import StatusListener
 from spark_jobs.session import build_session
@@ -144,6 +146,10 @@ def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> Start
     """
     layout = CheckpointLayout.of(args.checkpoint)
     sink = ParquetBatchSink(args.sink, spec.schema)
+    try:
+        validate_checkpoint(layout)
+    except CheckpointCorrupt as corrupt:
+        raise RefusedToStart(str(corrupt)) from corrupt
     generation = resolve_generation(layout, sink, args)
     if removed := sink.remove_incomplete():
         log.info("removed %d partly written batch file(s) from %s", removed, args.sink)

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_jobs import cli
+from spark_jobs.checkpoints import BASE_TOTALS_FILE
+from spark_jobs.layout import STREAMOPS_DIR, CheckpointLayout
 from spark_jobs.runner import JobSpec, run
 from spark_jobs.session import STATE_STORE_PROVIDERS
 from spark_jobs.sinks import RUNNING_TOTAL_SCHEMA
@@ -26,6 +30,35 @@ from spark_jobs.tokenizer import tokenize
 def running_totals(words: DataFrame) -> DataFrame:
     """`word, total`: a stateful count per word, emitted for the words each batch changes."""
     return words.groupBy("word").agg(F.count(F.lit(1)).alias("total"))
+
+
+def add_base_totals(checkpoint: str) -> Callable[[DataFrame], DataFrame]:
+    """The batch result with each word's total from earlier checkpoint generations added.
+
+    Rotation (`checkpoints.rotate`) starts a new checkpoint with empty state and leaves the
+    totals reached so far in `_streamops/base_totals.parquet`; without that file this is the
+    identity.
+    """
+    base_file = CheckpointLayout.of(checkpoint).root.child(STREAMOPS_DIR, BASE_TOTALS_FILE)
+    loaded: dict[str, DataFrame | None] = {}
+
+    def result(batch: DataFrame) -> DataFrame:
+        if "base" not in loaded:
+            # Read once per run, through the same filesystem layer as the rest of the lifecycle.
+            # (Not spark.read + cache: a long-lived session would keep serving an older
+            # generation's file from its cache.)
+            loaded["base"] = None
+            if base_file.exists():
+                table = pq.read_table(base_file.path, filesystem=base_file.filesystem)
+                loaded["base"] = F.broadcast(batch.sparkSession.createDataFrame(table))
+        base = loaded["base"]
+        if base is None:
+            return batch
+        return batch.join(base, "word", "left").select(
+            "word", (F.col("total") + F.coalesce(F.col("base_total"), F.lit(0))).alias("total")
+        )
+
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +83,7 @@ def spec_for(args: argparse.Namespace) -> JobSpec:
         value_column="total",
         output_mode="update",
         build_stream=lambda lines, a: running_totals(tokenize(lines, a.normalize)),
-        batch_result=lambda batch: batch,
+        batch_result=add_base_totals(args.checkpoint),
         spark_conf={
             "spark.sql.streaming.stateStore.providerClass": STATE_STORE_PROVIDERS[args.state_store]
         },

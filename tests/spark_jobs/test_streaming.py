@@ -97,7 +97,8 @@ def test_sink_batch_ids_continue_on_a_new_checkpoint(spark: SparkSession, tmp_pa
     run_available_now(spark, word_count, [*new_argv, "--allow-new-checkpoint"])
     assert sorted(read_sink(tmp_path / "wc-sink").batch_id.unique()) == [0, 1]
     assert json.loads((tmp_path / "wc-ck2/_streamops/generation.json").read_text()) == {
-        "first_sink_batch_id": 1
+        "first_sink_batch_id": 1,
+        "number": 0,
     }
 
 
