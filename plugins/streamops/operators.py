@@ -106,6 +106,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
             desired="stopped" if spec.available_now else "running",
             dag_id=ti.dag_id,
             run_id=ti.run_id,
+            params=dict(context["params"]),
         )
         try:
             if layout.stop_request.exists():  # left over from an earlier stop

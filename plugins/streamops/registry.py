@@ -33,6 +33,8 @@ class StreamRecord:
     updated_at: str = field(default_factory=utc_now)
     restarts: list[str] = field(default_factory=list)
     last_error: str | None = None
+    # The Params of the run that started the stream, to start it again the same way.
+    params: dict[str, object] = field(default_factory=dict)
 
 
 def registry_dir(root: str | None = None) -> Location:

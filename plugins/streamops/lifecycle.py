@@ -1,0 +1,133 @@
+"""Checkpoint actions on a live stream: stop it at a batch boundary, act, and say how to restart.
+
+Used by the `checkpoint_rotation` DAG. The action runs while this task holds the stream's lock,
+so no run of the stream DAG can start on the checkpoint half-way through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from spark_jobs import checkpoints
+from spark_jobs.layout import CheckpointLayout
+from spark_jobs.storage import Location
+from streamops import registry
+from streamops.locks import StreamLock, StreamLocked
+
+log = logging.getLogger(__name__)
+
+Action = Literal["rotate", "snapshot", "restore", "prune"]
+ACTIONS: tuple[Action, ...] = ("rotate", "snapshot", "restore", "prune")
+STOP_TIMEOUT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an action did, and how to start the stream again if it was running."""
+
+    stream: str
+    action: str
+    summary: str
+    size_before: int
+    size_after: int
+    restart_dag_id: str | None
+    restart_conf: dict[str, object]
+
+
+def stop_and_lock(
+    record: registry.StreamRecord, owner: str, timeout: float = STOP_TIMEOUT_SECONDS
+) -> tuple[StreamLock, bool]:
+    """Stop the stream at a batch boundary if it runs, then hold its lock.
+
+    Returns the held lock and whether the stream was running (and so should be restarted).
+    """
+    layout = CheckpointLayout.of(record.checkpoint)
+    lock = StreamLock(layout.lock_file, owner)
+    was_running = False
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lock.acquire()
+            return lock, was_running
+        except StreamLocked as locked:
+            if not was_running:
+                log.info(
+                    "stream %s runs (%s): asking it to stop", record.stream, locked.holder.owner
+                )
+                layout.stop_request.write_text_atomic("stop\n")
+                was_running = True
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"stream {record.stream} did not stop within {timeout:.0f} s; its run "
+                    f"{locked.holder.owner} may be stuck mid-batch: check its log, or mark that "
+                    "task failed (which kills the driver) and run this action again"
+                ) from locked
+            time.sleep(2)
+
+
+def run_action(
+    record: registry.StreamRecord,
+    action: Action,
+    *,
+    owner: str,
+    snapshot_id: str | None = None,
+    keep_count: int = checkpoints.DEFAULT_KEEP_COUNT,
+    keep_age: timedelta = checkpoints.DEFAULT_KEEP_AGE,
+    shuffle_partitions: int | None = None,
+) -> Outcome:
+    """Run one checkpoint action on a stream, stopping and restarting it around the action."""
+    layout = CheckpointLayout.of(record.checkpoint)
+    store = checkpoints.SnapshotStore.of(layout)
+    needs_stop = action in ("rotate", "restore", "snapshot")
+    lock, was_running = stop_and_lock(record, owner) if needs_stop else (None, False)
+    try:
+        before = checkpoints.tree_size(layout.root)
+        if action == "snapshot":
+            snapshot = store.create(layout, reason="manual")
+            summary = f"snapshot {snapshot.id} ({snapshot.size_bytes} bytes)"
+        elif action == "restore":
+            snapshot = checkpoints.restore(layout, Location.of(record.sink), snapshot_id)
+            summary = (
+                f"restored snapshot {snapshot.id} "
+                f"(sink batches up to {snapshot.last_sink_batch_id})"
+            )
+        elif action == "rotate":
+            rotation = checkpoints.rotate(
+                layout,
+                Location.of(record.sink),
+                Location.of(record.input) if record.input else None,
+                carry_totals=record.job == "running_total",
+            )
+            summary = (
+                f"generation {rotation.generation.number} starts at sink batch "
+                f"{rotation.generation.first_sink_batch_id}; old generation kept as snapshot "
+                f"{rotation.snapshot.id}; {rotation.archived_inputs} processed input files moved "
+                "to _processed/"
+            )
+        else:
+            deleted = store.prune(keep_count=keep_count, keep_age=keep_age)
+            summary = (
+                f"pruned {len(deleted)} snapshot(s): {', '.join(s.id for s in deleted) or '-'}"
+            )
+        after = checkpoints.tree_size(layout.root)
+        if action == "prune":
+            after = before = checkpoints.tree_size(store.root)
+    finally:
+        if lock is not None:
+            lock.release()
+    conf = dict(record.params)
+    if action == "rotate" and shuffle_partitions:
+        conf["shuffle_partitions"] = shuffle_partitions
+    return Outcome(
+        stream=record.stream,
+        action=action,
+        summary=summary,
+        size_before=before,
+        size_after=after,
+        restart_dag_id=record.dag_id if was_running else None,
+        restart_conf=conf,
+    )
