@@ -1,0 +1,165 @@
+"""
+### stream_health
+
+Checks, every minute, each stream that should be running (started by its stream DAG and not
+stopped with `stream_control`). One mapped `check_stream` task per stream: it **fails when the
+stream breaches a threshold**, with one line per breach, worst first, each naming the stream, the
+signal, the value and what to do. A failed check alerts once (log, `<data root>/_streamops/
+alerts.jsonl`, and Slack / e-mail when the `streamops_slack` / `streamops_smtp` connections
+exist). The schedule is the retry: the next run checks again.
+
+Signals (default thresholds in brackets):
+
+- `not_running`: no status file; or the status says `stopped` / `failed`; or the driver ran on
+  this host and its process is gone; or a driver elsewhere has written no status for longer than
+  the stall limit [stall limit = 10 x trigger interval, at least 60 s].
+- `stalled`: the driver is alive but has written no status for longer than the stall limit (a
+  stuck batch); or no batch for longer than the stall limit while input files waited as long.
+- `falling_behind`: rows processed more slowly than they arrived, in each of the last K batches
+  that had input [K = 3].
+- `backlog`: files not yet read in the input folder, by count or size [100 files or 1 GiB].
+- `slow_batches`: each of the last K batches took longer than the trigger interval [K = 3].
+- `last_exception`: running again, but failed and was restarted within the window, or its status
+  reports an exception [30 min, the restart budget's window].
+
+Within the stall limit of a (re)start, a stream whose job has not reported yet is taken as
+starting, not as a breach. Why these defaults: the floor of 60 s keeps a 1-second stream from
+being flagged for one slow batch or for Spark's 10-second idle heartbeat; three batches in a row
+separate a trend from a GC pause.
+
+**Tune** with environment variables of the Airflow workers, read at each check (no restart or
+redeploy of DAGs needed): `STREAMOPS_HEALTH_STALL_MULTIPLE`,
+`STREAMOPS_HEALTH_STALL_FLOOR_SECONDS`, `STREAMOPS_HEALTH_FALLING_BEHIND_BATCHES`,
+`STREAMOPS_HEALTH_BACKLOG_FILES`, `STREAMOPS_HEALTH_BACKLOG_BYTES`,
+`STREAMOPS_HEALTH_SLOW_BATCHES`, `STREAMOPS_HEALTH_EXCEPTION_WINDOW_SECONDS`. The schedule is
+`STREAMOPS_HEALTH_SCHEDULE` (a cron expression, default `* * * * *`), read when this file is
+parsed.
+
+Trigger it by hand with *Stream* set to check one stream now.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from streamops.config import STREAM_NAME_PATTERN
+from streamops.notifiers import StreamAlertNotifier
+
+with DAG(
+    dag_id="stream_health",
+    schedule=os.environ.get("STREAMOPS_HEALTH_SCHEDULE", "* * * * *"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    params={
+        "stream": Param(
+            None,
+            type=["null", "string"],
+            pattern=STREAM_NAME_PATTERN,
+            title="Stream",
+            description="check only this stream; empty: every stream that should be running",
+        ),
+    },
+    tags=["streaming", "monitoring"],
+    default_args={
+        "owner": "data-platform",
+        # The schedule is the retry; a retry would also delay the alert.
+        "retries": 0,
+        # A check must never hang the next minute's run (max_active_runs=1).
+        "execution_timeout": timedelta(minutes=2),
+        # Called once, when a task has failed for good: one alert per failed check.
+        "on_failure_callback": StreamAlertNotifier(),
+    },
+) as dag:
+
+    @task
+    def list_streams() -> list[str]:
+        """The names of the registered streams that should be running."""
+        from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from streamops import registry
+
+        only = get_current_context()["params"].get("stream")
+        records = registry.load_all()
+        if only and only not in {record.stream for record in records}:
+            known = ", ".join(record.stream for record in records) or "none yet"
+            raise AirflowFailException(
+                f"stream {only!r} is not registered (known streams: {known}); it is registered "
+                "when its stream DAG first starts it"
+            )
+        wanted = [
+            record.stream
+            for record in records
+            if record.desired == "running" and (not only or record.stream == only)
+        ]
+        stopped = sorted({record.stream for record in records} - set(wanted))
+        print(f"checking {len(wanted)} streams: {wanted}; not expected to run: {stopped}")
+        return wanted
+
+    @task(map_index_template="{{ stream }}")
+    def check_stream(stream: str) -> dict[str, Any]:
+        """Evaluate one stream's health; fail with one line per breach, worst first."""
+        from datetime import UTC, datetime
+
+        from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from spark_jobs.layout import CheckpointLayout
+        from spark_jobs.status import read_status
+        from streamops import registry
+        from streamops.health import HealthThresholds, backlog_of, evaluate, parse_time
+
+        context = get_current_context()
+        context["stream"] = stream  # type: ignore[typeddict-unknown-key]  # names the map index
+        try:
+            thresholds = HealthThresholds.from_env()
+        except ValueError as err:
+            raise AirflowFailException(
+                f"stream {stream}: invalid health thresholds: {err}"
+            ) from err
+        record = registry.load(stream)
+        if record is None:
+            return {"stream": stream, "checked": False, "reason": "no longer registered"}
+        try:
+            status = read_status(record.checkpoint)
+        except (ValueError, TypeError, OSError) as err:
+            raise AirflowFailException(
+                f"stream {stream}: not_running (its status file "
+                f"{CheckpointLayout.of(record.checkpoint).status_file} is unreadable: {err}) — "
+                "check the job's log; the next batch rewrites the file"
+            ) from err
+        problems: list[str] = []
+        try:
+            backlog = backlog_of(record)
+        except OSError as err:
+            backlog = None
+            problems.append(
+                f"stream {stream}: backlog unknown (cannot list {record.input} or read the "
+                f"checkpoint's source log: {err}) — check the workers' access to the data root"
+            )
+        now = datetime.now(UTC)
+        breaches = evaluate(record, status, now, thresholds, backlog)
+        lines = [breach.message for breach in breaches] + problems
+        if lines:
+            raise AirflowFailException("\n".join(lines))
+        return {
+            "stream": stream,
+            "checked": True,
+            "state": status.state if status else None,
+            "last_batch_id": status.last_batch.batch_id if status and status.last_batch else None,
+            "status_age_seconds": (
+                round((now - parse_time(status.updated_at)).total_seconds()) if status else None
+            ),
+            "backlog_files": backlog.files if backlog else None,
+        }
+
+    check_stream.expand(stream=list_streams())
+
+
+if __name__ == "__main__":
+    dag.test()

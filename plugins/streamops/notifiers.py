@@ -1,0 +1,176 @@
+"""`StreamAlertNotifier`: tells people that a stream task failed, once per failed task.
+
+Use it as a task's `on_failure_callback`: Airflow calls that only when the task has failed for
+good (not before each retry), so one failure is one alert. Every alert is logged and appended as
+one JSON line to `<data root>/_streamops/alerts.jsonl`. It is also sent where a connection says:
+
+- `streamops_slack`: a Slack incoming webhook (conn type `slackwebhook`, the webhook token as the
+  password), sent with the Slack provider's `SlackWebhookHook`
+  (`apache-airflow-providers-slack`);
+- `streamops_smtp`: a mail server (conn type `smtp`), sent with the SMTP provider's `SmtpHook`
+  to the addresses in the connection's extra field `to` (comma-separated).
+
+Connections are looked up when an alert is sent, never when a DAG file is parsed. A missing
+connection means the channel is not wanted; a connection without its provider installed logs a
+warning. A channel that fails is logged and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import json
+import posixpath
+import re
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook, BaseNotifier
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from spark_jobs.status import utc_now
+from spark_jobs.storage import Location
+from streamops.config import data_root
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection, Context
+
+SLACK_CONN_ID = "streamops_slack"
+SMTP_CONN_ID = "streamops_smtp"
+STREAM_IN_MESSAGE = re.compile(r"^stream ([a-z][a-z0-9_]*)\b")
+
+
+def alerts_file(root: str | None = None) -> Location:
+    """Where alerts are appended, one JSON object a line."""
+    return Location.of(root or data_root()).child("_streamops", "alerts.jsonl")
+
+
+def append_line(location: Location, line: str) -> None:
+    """Append one line to a file, creating it (and its folder) if needed.
+
+    Local files and HDFS append in place, so concurrent alerts do not overwrite each other.
+    Object stores cannot append: the file is rewritten, and two alerts in the same instant may
+    lose one line there (the task logs keep every alert).
+    """
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    parent = Location(location.filesystem, posixpath.dirname(location.path))
+    parent.mkdirs()
+    try:
+        with location.filesystem.open_append_stream(location.path) as stream:
+            stream.write(data)
+    except NotImplementedError:
+        old = location.read_bytes() if location.exists() else b""
+        location.write_bytes_atomic(old + data)
+
+
+class StreamAlertNotifier(BaseNotifier):
+    """Log a failed task, append it to the alerts file, and send it to Slack and e-mail if set up.
+
+    :param root: the data root holding `_streamops/alerts.jsonl` (default: `$STREAMOPS_DATA_ROOT`
+        when the alert is sent).
+    """
+
+    def __init__(self, root: str | None = None) -> None:
+        super().__init__()
+        self.root = root
+
+    def notify(self, context: Context) -> None:
+        """Record and send one alert for the task instance in `context`."""
+        alert = self.alert(context)
+        self.log.error("ALERT %s", alert["message"])
+        channels = (
+            ("alerts file", self._write),
+            ("Slack", self._send_slack),
+            ("e-mail", self._send_email),
+        )
+        for name, send in channels:
+            try:
+                send(alert)
+            except Exception:
+                self.log.exception("could not send the alert by %s", name)
+
+    def alert(self, context: Context) -> dict[str, Any]:
+        """The alert's fields: when, which task instance, which stream, and the message."""
+        ti = context.get("ti")
+        error = context.get("exception")
+        lines = str(error).strip().splitlines() if error else []
+        message = lines[0] if lines else "the task failed (no exception was recorded)"
+        params = context.get("params") or {}
+        match = STREAM_IN_MESSAGE.match(message)
+        stream = match.group(1) if match else params.get("stream")
+        return {
+            "time": utc_now(),
+            "dag_id": getattr(ti, "dag_id", None),
+            "task_id": getattr(ti, "task_id", None),
+            "run_id": getattr(ti, "run_id", None),
+            "map_index": getattr(ti, "map_index", None),
+            "stream": stream,
+            "message": message,
+        }
+
+    def _write(self, alert: dict[str, Any]) -> None:
+        append_line(alerts_file(self.root), json.dumps(alert))
+
+    def _connection(self, conn_id: str) -> Connection | None:
+        try:
+            return BaseHook.get_connection(conn_id)
+        except AirflowNotFoundException:
+            return None
+
+    def _provider(self, module: str, conn_id: str, package: str) -> Any:
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            self.log.warning(
+                "connection %s is set but %s is not installed: alert not sent there; install the "
+                "provider in the Airflow image, or delete the connection",
+                conn_id,
+                package,
+            )
+            return None
+
+    def _send_slack(self, alert: dict[str, Any]) -> None:
+        if self._connection(SLACK_CONN_ID) is None:
+            return
+        provider = self._provider(
+            "airflow.providers.slack.hooks.slack_webhook",
+            SLACK_CONN_ID,
+            "apache-airflow-providers-slack",
+        )
+        if provider is None:
+            return
+        hook = provider.SlackWebhookHook(slack_webhook_conn_id=SLACK_CONN_ID)
+        hook.send_text(_text(alert))
+        self.log.info("alert sent to Slack (connection %s)", SLACK_CONN_ID)
+
+    def _send_email(self, alert: dict[str, Any]) -> None:
+        conn = self._connection(SMTP_CONN_ID)
+        if conn is None:
+            return
+        provider = self._provider(
+            "airflow.providers.smtp.hooks.smtp", SMTP_CONN_ID, "apache-airflow-providers-smtp"
+        )
+        if provider is None:
+            return
+        to = str(conn.extra_dejson.get("to") or "").strip()
+        if not to:
+            self.log.warning(
+                "connection %s has no 'to' in its extra field: alert not e-mailed; set extra "
+                '{"to": "oncall@example.com"}',
+                SMTP_CONN_ID,
+            )
+            return
+        subject = f"[streamops] {alert['stream'] or alert['dag_id']}: {alert['message']}"[:200]
+        with provider.SmtpHook(smtp_conn_id=SMTP_CONN_ID) as hook:
+            hook.send_email_smtp(
+                to=[address.strip() for address in to.split(",") if address.strip()],
+                subject=subject,
+                html_content=f"<pre>{html.escape(_text(alert))}</pre>",
+            )
+        self.log.info("alert e-mailed to %s (connection %s)", to, SMTP_CONN_ID)
+
+
+def _text(alert: dict[str, Any]) -> str:
+    where = f"{alert['dag_id']}.{alert['task_id']}"
+    if alert.get("map_index") not in (None, -1):
+        where += f"[{alert['map_index']}]"
+    return f"{alert['message']}\n{where}, run {alert['run_id']}, at {alert['time']}"

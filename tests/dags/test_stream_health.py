@@ -1,0 +1,171 @@
+"""`stream_health` on a real Airflow: `dag.test()` of the DAG file against a temporary data root.
+
+Airflow reads its configuration and opens its metadata database when it is first imported, so
+each run happens in its own process: `python dags/stream_health.py`, whose `__main__` block calls
+`dag.test()`, with AIRFLOW_HOME (migrated once per session) and STREAMOPS_DATA_ROOT pointing at
+test folders.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from spark_jobs.status import StreamStatus, write_status
+from streamops import registry
+from streamops.notifiers import StreamAlertNotifier
+from tests.conftest import ROOT
+from tests.dags.conftest import airflow_env, run_state
+
+DAG_FILE = ROOT / "dags" / "stream_health.py"
+
+
+def run_health_dag(airflow_home: Path, data_root: Path) -> subprocess.CompletedProcess[str]:
+    """One run of the DAG through `dag.test()`, as `python dags/stream_health.py` does it."""
+    return subprocess.run(
+        [sys.executable, str(DAG_FILE)],
+        env=airflow_env(airflow_home, data_root),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def register(data_root: Path, stream: str, desired: registry.Desired = "running") -> str:
+    """Record a stream as its operator does when it starts it; return its checkpoint."""
+    base = data_root / "streams" / stream
+    (base / "input").mkdir(parents=True)
+    record = registry.StreamRecord(
+        stream=stream,
+        job="word_count",
+        checkpoint=str(base / "checkpoint"),
+        sink=str(base / "sink"),
+        input=str(base / "input"),
+        trigger_interval="1 second",
+        desired=desired,
+        dag_id="word_count_stream",
+        run_id="manual__2026-01-05T12:00:00+00:00",
+    )
+    registry.save(record, str(data_root))
+    return record.checkpoint
+
+
+def running_status(checkpoint: str, pid: int) -> StreamStatus:
+    """What a job's listener writes while its query runs, now."""
+    return StreamStatus(
+        job="word_count",
+        checkpoint=checkpoint,
+        sink=checkpoint.replace("checkpoint", "sink"),
+        state="running",
+        pid=pid,
+        host=socket.gethostname(),
+        trigger_interval="1 second",
+    )
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.airflow
+def test_a_stream_whose_driver_died_fails_its_check_and_alerts_once(
+    airflow_home: Path, tmp_path: Path, dead_pid: int
+) -> None:
+    # Given a stream that should run, whose status says 'running' but whose driver is gone,
+    # and a stopped stream that must not be checked
+    checkpoint = register(tmp_path, "word_count")
+    write_status(running_status(checkpoint, dead_pid))
+    stopped = register(tmp_path, "old_counts", desired="stopped")
+    write_status(running_status(stopped, dead_pid))
+    # When the health DAG runs
+    result = run_health_dag(airflow_home, tmp_path)
+    output = result.stdout + result.stderr
+    # Then its check fails, naming the stream, the signal and the dead pid
+    assert run_state(result) == "failed", output[-3000:]
+    assert "checking 1 streams: ['word_count']; not expected to run: ['old_counts']" in output
+    expected = (
+        f"stream word_count: not_running (desired running, but its driver (pid {dead_pid} on "
+        f"{socket.gethostname()}) is gone"
+    )
+    assert expected in output
+    # And exactly one alert was recorded, for that stream and task
+    lines = (tmp_path / "_streamops" / "alerts.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    alert = json.loads(lines[0])
+    assert alert["stream"] == "word_count"
+    assert (alert["dag_id"], alert["task_id"], alert["map_index"]) == (
+        "stream_health",
+        "check_stream",
+        0,
+    )
+    assert alert["message"].startswith(expected)
+
+
+@pytest.mark.airflow
+def test_a_healthy_stream_passes_its_check(airflow_home: Path, tmp_path: Path) -> None:
+    # Given a stream whose driver is alive (this test's process) and has just reported
+    checkpoint = register(tmp_path, "word_count")
+    write_status(running_status(checkpoint, os.getpid()))
+    # When the health DAG runs
+    result = run_health_dag(airflow_home, tmp_path)
+    # Then the run succeeds and nothing was alerted
+    assert run_state(result) == "success", (result.stdout + result.stderr)[-3000:]
+    assert "checking 1 streams: ['word_count']" in result.stdout + result.stderr
+    assert not (tmp_path / "_streamops" / "alerts.jsonl").exists()
+
+
+def load_dag_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setenv("STREAMOPS_HEALTH_SCHEDULE", "*/5 * * * *")
+    spec = importlib.util.spec_from_file_location("stream_health_under_test", DAG_FILE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_dag_is_wired_for_one_alert_per_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    dag = load_dag_module(monkeypatch).dag
+    assert dag.dag_id == "stream_health"
+    assert dag.schedule == "*/5 * * * *"  # STREAMOPS_HEALTH_SCHEDULE, read at parse time
+    assert (dag.catchup, dag.max_active_runs) == (False, 1)
+    assert set(dag.tags) == {"streaming", "monitoring"}
+    assert dag.doc_md is not None
+    assert "STREAMOPS_HEALTH_BACKLOG_FILES" in dag.doc_md
+    for task_id in ("list_streams", "check_stream"):
+        task = dag.get_task(task_id)
+        assert (task.owner, task.retries) == ("data-platform", 0)
+        callbacks = task.on_failure_callback
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        assert [type(cb) for cb in callbacks] == [StreamAlertNotifier]
+    assert dag.get_task("check_stream").upstream_task_ids == {"list_streams"}
+
+
+def test_parsing_the_dag_imports_no_spark_pandas_or_expectations() -> None:
+    probe = (
+        "import runpy, sys; runpy.run_path(sys.argv[1]); "
+        "print(sorted(m for m in ('pyspark', 'pandas', 'great_expectations') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(DAG_FILE)],
+        env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
