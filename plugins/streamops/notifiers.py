@@ -22,17 +22,19 @@ import importlib
 import json
 import posixpath
 import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseNotifier
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from spark_jobs.status import utc_now
-from spark_jobs.storage import Location
 from streamops.config import data_root
 
 if TYPE_CHECKING:
+    # pyarrow-based; imported when an alert is sent, not when a DAG file is parsed.
     from airflow.sdk import Connection, Context
+
+    from spark_jobs.storage import Location
 
 SLACK_CONN_ID = "streamops_slack"
 SMTP_CONN_ID = "streamops_smtp"
@@ -40,6 +42,8 @@ STREAM_IN_MESSAGE = re.compile(r"^stream ([a-z][a-z0-9_]*)\b")
 
 
 def alerts_file(root: str | None = None) -> Location:
+    from spark_jobs.storage import Location
+
     """Where alerts are appended, one JSON object a line."""
     return Location.of(root or data_root()).child("_streamops", "alerts.jsonl")
 
@@ -52,6 +56,8 @@ def append_line(location: Location, line: str) -> None:
     lose one line there (the task logs keep every alert).
     """
     data = (line.rstrip("\n") + "\n").encode("utf-8")
+    from spark_jobs.storage import Location
+
     parent = Location(location.filesystem, posixpath.dirname(location.path))
     parent.mkdirs()
     try:
@@ -98,7 +104,7 @@ class StreamAlertNotifier(BaseNotifier):
         match = STREAM_IN_MESSAGE.match(message)
         stream = match.group(1) if match else params.get("stream")
         return {
-            "time": utc_now(),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "dag_id": getattr(ti, "dag_id", None),
             "task_id": getattr(ti, "task_id", None),
             "run_id": getattr(ti, "run_id", None),
