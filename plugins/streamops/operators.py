@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -66,6 +67,8 @@ class StreamSubmitOperator(SparkSubmitOperator):
         self.restart_budget = restart_budget
         self._spec: StreamSpec | None = None
         self._lock: StreamLock | None = None
+        # Set by on_kill: the task was marked failed or killed, so never restart the job.
+        self._killed = threading.Event()
 
     def _prepare(self, context: Context) -> StreamSpec:
         try:
@@ -127,7 +130,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
 
         budget = replace(self.restart_budget, failures=[]) if self.restart_budget else None
         budget = budget or RestartBudget.from_env()
-        while True:
+        while not self._killed.is_set():
             self.log.info(
                 "stream %s: submitting %s %s", spec.stream, self.job, self.application_args
             )
@@ -136,6 +139,11 @@ class StreamSubmitOperator(SparkSubmitOperator):
                 failure = None
             except AirflowException as err:
                 failure = err
+            if self._killed.is_set():
+                raise AirflowException(
+                    f"stream {spec.stream}: the task was killed or marked failed; its driver was "
+                    "stopped. Trigger the DAG again to resume from the checkpoint."
+                )
             if layout.stop_request.exists():
                 layout.stop_request.filesystem.delete_file(layout.stop_request.path)
                 record.desired = "stopped"
@@ -170,10 +178,13 @@ class StreamSubmitOperator(SparkSubmitOperator):
                 delay,
             )
             deadline = time.monotonic() + delay
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self._killed.is_set():
                 if layout.stop_request.exists():
                     break
                 time.sleep(1)
+        raise AirflowException(
+            f"stream {spec.stream}: the task was killed while waiting to restart"
+        )
 
     def _failure_reason(self, spec: StreamSpec, failure: Exception) -> str:
         from spark_jobs.status import read_status
@@ -187,6 +198,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
         """Kill spark-submit, then the driver if it outlived it, and give the lock back."""
         from spark_jobs.status import read_status
 
+        self._killed.set()
         super().on_kill()
         spec = self._spec
         if spec is not None:

@@ -3,6 +3,7 @@ restart budget and the graceful stop."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -128,3 +129,55 @@ def test_stream_control_stops_a_stream_at_a_batch_boundary(
     assert status is not None
     assert status.state == "stopped"
     assert not (tmp_path / "streams/word_count/checkpoint/_streamops/stop-request").exists()
+
+
+def test_killing_the_task_stops_the_driver_and_never_restarts_it(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    # Given a running stream
+    drop_file(tmp_path / "streams/word_count/input", "1.txt", SEED)
+    stream = subprocess.Popen(
+        [
+            str(BIN / "airflow"),
+            "dags",
+            "test",
+            "word_count_stream",
+            "-c",
+            '{"shuffle_partitions": 2}',
+        ],
+        env=airflow_env(airflow_home, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while (status := read_status(str(tmp_path / "streams/word_count/checkpoint"))) is None or (
+            status.state != "running"
+        ):
+            assert stream.poll() is None, stream.stdout.read() if stream.stdout else ""
+            assert time.monotonic() < deadline, "the stream never started"
+            time.sleep(1)
+        # When the task is killed (Airflow sends SIGTERM, and the task runs on_kill)
+        stream.send_signal(signal.SIGTERM)
+        output, _ = stream.communicate(timeout=120)
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+    # Then the driver is gone, no spark-submit of this data root is left, and nothing restarted
+    assert f"killed driver pid {status.pid}" in output or "Sending kill signal" in output
+    time.sleep(3)
+    assert not Path(f"/proc/{status.pid}").exists()
+    leftovers = [
+        p for p in Path("/proc").iterdir()
+        if p.name.isdigit() and str(tmp_path) in _cmdline(p)
+    ]  # fmt: skip
+    assert leftovers == []
+    assert "submitting" not in output.split("Sending kill signal")[-1]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
