@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SYNCED := $(VENV)/.synced
 
-.PHONY: help demo test test-fast lint format typecheck bench clean
+.PHONY: help demo demo-local stop status test test-fast lint format typecheck bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,7 +13,16 @@ $(SYNCED): pyproject.toml uv.lock scripts/bootstrap.sh
 	@scripts/bootstrap.sh
 	@touch $@
 
-demo: $(SYNCED)  ## run both jobs on sample text and show their output
+demo: $(SYNCED)  ## start Airflow with both stream DAGs running on sample text (UI, login)
+	$(BIN)/python scripts/stack.py start
+
+stop:  ## stop everything `make demo` started
+	$(BIN)/python scripts/stack.py stop
+
+status:  ## is the stack running; each stream's state and last batch
+	$(BIN)/python scripts/stack.py status
+
+demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show their output
 	$(BIN)/python scripts/demo.py
 
 test: lint typecheck  ## lint, type-check and run every test (what CI runs)
@@ -37,4 +46,4 @@ bench: $(SYNCED)  ## throughput benchmark (prints ratios against references meas
 	$(BIN)/python bench/throughput.py
 
 clean:  ## remove the virtual env, caches and demo data
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache data
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .airflow data

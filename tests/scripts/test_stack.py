@@ -1,0 +1,250 @@
+"""The embedded stack (`make demo` / `make stop`): real Airflow standalone, real streams.
+
+`test_stack_starts_streams_and_stops_without_orphans` brings the whole stack up in a temporary
+AIRFLOW_HOME and data root on a free port (about 1-2 min on 2 cores), checks the API, the
+`spark_default` connection, both stream DAG runs and their sinks, then stops it and checks that
+no process of it is left. The other tests are quick checks of the feeder and the environment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+STREAM_DAGS = {"word_count_stream": "word_count", "running_total_stream": "running_total"}
+
+
+def load_script(name: str) -> ModuleType:
+    """Import `scripts/<name>.py` (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"scripts_{name}", ROOT / "scripts" / f"{name}.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+stack = load_script("stack")
+feeder = load_script("feeder")
+
+
+def run_stack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`scripts/stack.py ARGS` as a user runs it; its output is echoed for the test report."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "stack.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    print(f"$ stack.py {' '.join(args)}  -> exit {done.returncode}\n{done.stdout}{done.stderr}")
+    return done
+
+
+def api_get(port: int, path: str, token: str | None = None) -> Any:
+    """GET an Airflow REST path; its JSON."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def login(port: int, home: Path) -> str:
+    """A token for the admin user, with the password standalone generated."""
+    passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+    body = json.dumps({"username": "admin", "password": passwords["admin"]}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/auth/token",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return str(json.loads(response.read())["access_token"])
+
+
+def processes_of(home: Path) -> list[str]:
+    """Live processes that belong to an AIRFLOW_HOME: by environment or working directory.
+
+    Independent of `stack.stack_processes` on purpose. (Airflow's renamed processes hide their
+    environment, but keep the working directory standalone started in.)
+    """
+    wanted = f"AIRFLOW_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(entry / "cwd"))
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if wanted in environ or cwd.is_relative_to(home):
+            found.append(f"{entry.name}: {cmdline[:120]}")
+    return found
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    """Poll `check` until it returns something true; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(2)
+    pytest.fail(f"{what} within {timeout:.0f} s")
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_stack_starts_streams_and_stops_without_orphans(tmp_path: Path) -> None:
+    home, data = tmp_path / "airflow", tmp_path / "data"
+    port = stack.free_port()
+    where = ["--home", str(home), "--data-root", str(data), "--port", str(port)]
+    timings: dict[str, float] = {}
+    try:
+        # When the stack starts
+        t0 = time.monotonic()
+        started = run_stack("start", *where, "--feeder-interval", "2", timeout=900)
+        timings["start"] = time.monotonic() - t0
+        assert started.returncode == 0, started.stderr[-4000:]
+        # Then it printed how to reach and use it
+        out = started.stdout
+        assert f"http://localhost:{port}" in out
+        assert re.search(r"login\s+admin / \S+", out)
+        for hint in ("nc -lk 9999", "mv ", "make stop"):
+            assert hint in out
+        # And the API answers, healthy
+        health = api_get(port, "/api/v2/monitor/health")
+        for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
+            assert health[part]["status"] == "healthy", health
+        # And both stream DAGs have a running run
+        token = login(port, home)
+        for dag_id in STREAM_DAGS:
+            runs = api_get(port, f"/api/v2/dags/{dag_id}/dagRuns?state=running", token)
+            assert runs["total_entries"] == 1, (dag_id, runs)
+        # And spark_default resolves to local[2] for Airflow's own CLI in the stack's environment
+        env = stack.stack_env(stack.Stack(home, data, port), 0, 0)
+        env.pop(stack.MARKER)
+        conn = subprocess.run(
+            [str(stack.VENV_BIN / "airflow"), "connections", "get", "spark_default", "-o", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert conn.returncode == 0, conn.stderr[-2000:]
+        assert json.loads(conn.stdout)[0]["host"] == "local[2]"
+        assert json.loads(conn.stdout)[0]["conn_type"] == "spark"
+        # And the fed text reaches both sinks
+        t1 = time.monotonic()
+        for stream in STREAM_DAGS.values():
+            sink = data / "streams" / stream / "sink"
+            wait_for(lambda s=sink: list(s.glob("part-*.parquet")), 240, f"no sink file in {sink}")
+        timings["sinks after start"] = time.monotonic() - t1
+        # And status reports both streams running, with the stack's memory
+        status = run_stack("status", "-v", *where, timeout=120)
+        assert status.returncode == 0
+        for stream in STREAM_DAGS.values():
+            assert re.search(rf"{stream}\s+running", status.stdout), status.stdout
+        rss = re.search(r"processes\s+(\d+), RSS (\d+) MiB summed \(PSS (\d+) MiB", status.stdout)
+        assert rss, status.stdout
+        print(f"stack memory: {rss[1]} processes, RSS {rss[2]} MiB, PSS {rss[3]} MiB")
+        # When it stops
+        t2 = time.monotonic()
+        stopped = run_stack("stop", *where, timeout=300)
+        timings["stop"] = time.monotonic() - t2
+        # Then it says so, and no process of it is left
+        assert stopped.returncode == 0, stopped.stderr
+        assert re.search(r"stopped \d+ processes; none left", stopped.stdout)
+        assert processes_of(home) == []
+        assert stack.stack_processes(home) == []
+        # And both streams ended at a batch boundary: their runs succeeded
+        with sqlite3.connect(home / "airflow.db") as db:
+            states = dict(db.execute("SELECT dag_id, state FROM dag_run").fetchall())
+        assert {dag_id: states.get(dag_id) for dag_id in STREAM_DAGS} == dict.fromkeys(
+            STREAM_DAGS, "success"
+        )
+    finally:
+        print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+        if processes_of(home) or stack.stack_processes(home):
+            run_stack("stop", "--now", *where, timeout=300)
+        assert processes_of(home) == []
+
+
+def test_stack_environment_configures_airflow_for_the_repository(tmp_path: Path) -> None:
+    env = stack.stack_env(stack.Stack(tmp_path / "home", tmp_path / "data", 8123), 8793, 8794)
+    assert env["AIRFLOW_HOME"] == str(tmp_path / "home")
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(ROOT / "dags")
+    assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(ROOT / "plugins")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "8"
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__API__PORT"] == "8123"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8123/execution/"
+    assert json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"]) == {
+        "conn_type": "spark",
+        "host": "local[2]",
+    }
+    assert env["PATH"].split(os.pathsep)[0] == str(ROOT / ".venv" / "bin")
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), str(ROOT / "plugins")]
+    assert env["STREAMOPS_DATA_ROOT"] == str(tmp_path / "data")
+    assert env[stack.MARKER] == str(tmp_path / "home")
+
+
+def test_spark_default_connection_gives_master_local(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    env = stack.stack_env(stack.Stack(Path("/nonexistent"), Path("/nonexistent"), 8080), 0, 0)
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", env["AIRFLOW_CONN_SPARK_DEFAULT"])
+    hook = SparkSubmitHook(conn_id="spark_default")
+    assert hook._connection["master"] == "local[2]"
+    assert hook._build_spark_submit_command("app.py")[:3] == [
+        "spark-submit",
+        "--master",
+        "local[2]",
+    ]
+
+
+def test_feeder_writes_the_same_finished_files_into_every_folder(tmp_path: Path) -> None:
+    folders = [tmp_path / "a", tmp_path / "b"]
+    argv = ["--interval", "0.01", "--files", "3", "--seed", "1", "--quiet"]
+    for folder in folders:
+        argv += ["--folder", str(folder)]
+    assert feeder.main(argv) == 0
+    names = [sorted(p.name for p in folder.iterdir()) for folder in folders]
+    assert names[0] == names[1]
+    assert len(names[0]) == 3
+    assert not [n for n in names[0] if n.startswith(".")]  # nothing left under a hidden name
+    for name in names[0]:
+        text = (folders[0] / name).read_text()
+        assert text == (folders[1] / name).read_text()
+        assert text.splitlines()[0] in feeder.SEED_SENTENCES
+
+
+def test_feeder_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        feeder.parse_args(["--interval", "0"])
+    assert exited.value.code == 2
+    assert "--interval: must be greater than 0" in capsys.readouterr().err
