@@ -33,6 +33,7 @@ STATE_FILE_SUFFIXES = (".zip", ".delta", ".snapshot", ".changelog")
 # Control files that describe a running stream, not its data: never part of a snapshot.
 CONTROL_FILES = ("lock.json", "status.json", "stop-request")
 BASE_TOTALS_FILE = "base_totals.parquet"
+RESTORED_FROM_FILE = "restored-from"
 
 
 class CheckpointCorrupt(Exception):
@@ -334,7 +335,14 @@ def restore(layout: CheckpointLayout, sink: Location, snapshot_id: str | None = 
         else:
             layout.root.child(info.base_name).write_bytes_atomic(item.read_bytes())
     truncate_sink(sink, snapshot.last_sink_batch_id)
+    layout.root.child(STREAMOPS_DIR, RESTORED_FROM_FILE).write_text_atomic(snapshot.id + "\n")
     return snapshot
+
+
+def snapshot_in_use(layout: CheckpointLayout) -> str | None:
+    """The snapshot the checkpoint was last restored from, which pruning must keep."""
+    marker = layout.root.child(STREAMOPS_DIR, RESTORED_FROM_FILE)
+    return marker.read_text().strip() if marker.exists() else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,7 +109,12 @@ def run_action(
                 "to _processed/"
             )
         else:
-            deleted = store.prune(keep_count=keep_count, keep_age=keep_age)
+            in_use = checkpoints.snapshot_in_use(layout)
+            deleted = store.prune(
+                keep_count=keep_count,
+                keep_age=keep_age,
+                protect=frozenset({in_use} if in_use else set()),
+            )
             summary = (
                 f"pruned {len(deleted)} snapshot(s): {', '.join(s.id for s in deleted) or '-'}"
             )

@@ -18,6 +18,7 @@ from spark_jobs.checkpoints import (
     SnapshotStore,
     restore,
     rotate,
+    snapshot_in_use,
     tree_size,
     validate,
 )
@@ -113,6 +114,7 @@ def test_each_corruption_is_named_and_restoring_the_snapshot_gives_exact_sinks(
     # When the snapshot is restored and the stream resumes with more input
     snapshot = restore(layout, Location.of(str(root / "running_total-sink")))
     assert snapshot.last_sink_batch_id == 1
+    assert snapshot_in_use(layout) == snapshot.id
     feed(root / "running_total-in", 3)
     run_available_now(spark, running_total, argv(root, "running_total"))
     # Then the totals are exact: replayed batches were not counted twice
