@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# py4j logs at INFO while the interpreter shuts down, after pytest has closed its log streams.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 # Tests that import Airflow in-process must not create or read ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="streamops-test-airflow-"))
