@@ -15,8 +15,8 @@ Signals (default thresholds in brackets):
   the stall limit [stall limit = 10 x trigger interval, at least 60 s].
 - `stalled`: the driver is alive but has written no status for longer than the stall limit (a
   stuck batch); or no batch for longer than the stall limit while input files waited as long.
-- `falling_behind`: rows processed more slowly than they arrived, in each of the last K batches
-  that had input [K = 3].
+- `falling_behind`: rows processed at under 90% of the rate they arrived, in each of the last K
+  batches that had input [K = 3, 90%].
 - `backlog`: files not yet read in the input folder, by count or size [100 files or 1 GiB].
 - `slow_batches`: each of the last K batches took longer than the trigger interval [K = 3].
 - `last_exception`: running again, but failed and was restarted within the window, or its status
@@ -30,6 +30,7 @@ separate a trend from a GC pause.
 **Tune** with environment variables of the Airflow workers, read at each check (no restart or
 redeploy of DAGs needed): `STREAMOPS_HEALTH_STALL_MULTIPLE`,
 `STREAMOPS_HEALTH_STALL_FLOOR_SECONDS`, `STREAMOPS_HEALTH_FALLING_BEHIND_BATCHES`,
+`STREAMOPS_HEALTH_FALLING_BEHIND_RATIO`,
 `STREAMOPS_HEALTH_BACKLOG_FILES`, `STREAMOPS_HEALTH_BACKLOG_BYTES`,
 `STREAMOPS_HEALTH_SLOW_BATCHES`, `STREAMOPS_HEALTH_EXCEPTION_WINDOW_SECONDS`. The schedule is
 `STREAMOPS_HEALTH_SCHEDULE` (a cron expression, default `* * * * *`), read when this file is
