@@ -31,15 +31,25 @@ in running_total) must match, and so must the total. Any mismatch prints FAIL an
 
 How to read the figures
 -----------------------
-- `seconds`: processing time as defined above (median over `--repeat` runs); `words/s` is the
+- `seconds`: processing time as defined above (median over the runs, see `clean`); `words/s` is the
   corpus's word total divided by it. `busy s` is the sum of Spark's per-batch durations (so
   `seconds - busy s` is time spent between batches); `wall s` includes JVM start-up and stop.
-- `others`: cores that processes other than the measured one kept busy during the step (from
-  `/proc`; the worst of the repeats). On a 2-core machine anything above ~0.2 distorts the
-  figures; the report then prints a warning. `--wait-idle` waits for a quiet machine first.
-- `word_count / bare` is what the jobs' guarantees (tokenizer rules, exactly-once Parquet sink,
-  status listener) cost against plain Spark on the same query shape; the target is >= 0.90.
-  `running_total / bare` is the same for the stateful job; >= 0.80 is the reference target.
+- `cpu s`: CPU seconds the query's processes (Python driver and JVM) used in that same window,
+  sampled from `/proc` every 0.25 s and interpolated; for pyarrow, this process's CPU time.
+  `cpu vs bare` compares words per CPU second. It is much less sensitive than `seconds` to other
+  processes on the machine, so prefer it when the run was disturbed.
+- `others`: cores that processes other than the measured ones kept busy during the step (from
+  `/proc`; the worst of the counted runs). On a 2-core machine anything above 0.2 distorts the
+  figures, so such a run is "disturbed": the medians leave disturbed runs out when at least one
+  clean run exists (`clean` = clean runs / runs), and a query with no clean run is named in a
+  WARNING. `--wait-idle` waits for a quiet machine before each step; `--repeat` gives more
+  chances of clean runs.
+- `word_count / bare` is what the jobs' machinery (tokenizer rules, `foreachBatch` with an
+  exactly-once Parquet sink, status listener) costs against plain Spark; the target is >= 0.90.
+  The shapes are not identical: word_count counts each micro-batch on its own (stateless), while
+  the seed-style query keeps its counts in the state store, so word_count does less per batch
+  and the ratio can exceed 1. `running_total / bare` has the same shape as bare (stateful, update
+  mode) but RocksDB instead of the default state store; >= 0.80 is the reference target.
 - `vs pyarrow` compares with a single-process columnar count: roughly the most this machine can
   do for the corpus without any streaming machinery. It is context, not a target.
 - Only ratios within one run mean anything: absolute words/s depend on the machine and its load.
@@ -50,6 +60,7 @@ How to read the figures
 from __future__ import annotations
 
 import argparse
+import bisect
 import itertools
 import json
 import os
@@ -82,6 +93,8 @@ ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateS
 NO_DELIMITER = "\x1f"
 # Cores used by other processes above which a step's figures are flagged as unreliable.
 BUSY_MACHINE_CORES = 0.2
+# How often the measured process tree's CPU time is sampled.
+POLL_SECONDS = 0.25
 LOG_TAIL_LINES = 30
 
 
@@ -198,6 +211,13 @@ class OtherLoad:
         self._start_wall = time.perf_counter()
         self._start_self = time.process_time()
         self._tree_cpu: dict[int, float] = {}
+        # (epoch seconds, CPU seconds of the measured tree so far), one entry per poll.
+        self._timeline: list[tuple[float, float]] = []
+
+    def _record(self, table: dict[int, tuple[int, float]], pids: set[int]) -> None:
+        for pid in pids & table.keys():
+            self._tree_cpu[pid] = table[pid][1]
+        self._timeline.append((time.time(), sum(self._tree_cpu.values())))
 
     def poll(self, root: int) -> None:
         """Record the CPU time of `root` and of all its descendants."""
@@ -212,8 +232,40 @@ class OtherLoad:
                 if parent in tree and pid not in tree:
                     tree.add(pid)
                     grew = True
-        for pid in tree & table.keys():
-            self._tree_cpu[pid] = table[pid][1]
+        self._record(table, tree)
+
+    def wait_for_exit(self, max_seconds: float = 30.0) -> None:
+        """Wait until every process seen in the tree has exited, recording their CPU time.
+
+        PySpark's JVM can outlive the Python process that started it by a second or two; its
+        CPU time belongs to this step, not to the next one.
+        """
+        if self._start_busy is None:
+            return
+        deadline = time.monotonic() + max_seconds
+        while time.monotonic() < deadline:
+            table = _process_table()
+            alive = self._tree_cpu.keys() & table.keys()
+            if not alive:
+                return
+            self._record(table, alive)
+            time.sleep(0.1)
+
+    def _tree_cpu_at(self, epoch: float) -> float:
+        times = [t for t, _ in self._timeline]
+        i = bisect.bisect_left(times, epoch)
+        if i == 0:
+            return self._timeline[0][1]
+        if i == len(times):
+            return self._timeline[-1][1]
+        (t0, c0), (t1, c1) = self._timeline[i - 1], self._timeline[i]
+        return c0 + (c1 - c0) * (epoch - t0) / (t1 - t0) if t1 > t0 else c1
+
+    def tree_cpu_between(self, start: float, end: float) -> float | None:
+        """CPU seconds the measured tree used between two epoch times (linear between polls)."""
+        if len(self._timeline) < 2:
+            return None
+        return self._tree_cpu_at(end) - self._tree_cpu_at(start)
 
     def cores(self, min_window: float = 1.0) -> float | None:
         """Average cores used by others since this object was made.
@@ -247,47 +299,85 @@ def wait_for_quiet(max_seconds: float) -> None:
 # --- measurements ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Run:
+    """One run of one query."""
+
+    seconds: float
+    cpu: float | None = None
+    busy: float | None = None
+    wall: float | None = None
+    others: float | None = None
+
+    @property
+    def clean(self) -> bool:
+        """Whether other processes left the machine alone during the run (or it is unknown)."""
+        return self.others is None or self.others <= BUSY_MACHINE_CORES
+
+
+def _median(values: list[float | None]) -> float | None:
+    """The median, or None when a value is missing."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known and len(known) == len(values) else None
+
+
 @dataclass
 class Measurement:
-    """One query's figures over the repeats."""
+    """One query's figures over the repeats.
+
+    The figures are medians over the clean runs (see `Run.clean`) when there is at least one,
+    otherwise over all runs, and then `disturbed` is true.
+    """
 
     name: str
-    seconds: list[float] = field(default_factory=list)
-    busy_seconds: list[float | None] = field(default_factory=list)
-    wall_seconds: list[float | None] = field(default_factory=list)
-    other_cores: list[float | None] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
     batches: int | None = None
     note: str = ""
 
     @property
+    def counted(self) -> list[Run]:
+        """The runs the figures come from."""
+        return [r for r in self.runs if r.clean] or self.runs
+
+    @property
+    def disturbed(self) -> bool:
+        """True when no run was clean."""
+        return not any(r.clean for r in self.runs)
+
+    @property
     def median_seconds(self) -> float:
         """The median processing time."""
-        return statistics.median(self.seconds)
+        return statistics.median(r.seconds for r in self.counted)
 
     def words_per_second(self, words: int) -> float:
         """Throughput at the median processing time."""
         return words / self.median_seconds
 
-    @staticmethod
-    def _median(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return statistics.median(known) if known and len(known) == len(values) else None
+    @property
+    def median_cpu(self) -> float | None:
+        """The median CPU seconds used while processing, when every counted run reported it."""
+        return _median([r.cpu for r in self.counted])
 
     @property
     def median_busy(self) -> float | None:
-        """The median sum of batch durations, when every run reported it."""
-        return self._median(self.busy_seconds)
+        """The median sum of batch durations, when every counted run reported it."""
+        return _median([r.busy for r in self.counted])
 
     @property
     def median_wall(self) -> float | None:
         """The median wall time of the subprocess."""
-        return self._median(self.wall_seconds)
+        return _median([r.wall for r in self.counted])
 
     @property
-    def worst_other_cores(self) -> float | None:
-        """The most cores other processes used during any of the runs."""
-        known = [v for v in self.other_cores if v is not None]
+    def worst_others(self) -> float | None:
+        """The most cores other processes used during a counted run."""
+        known = [r.others for r in self.counted if r.others is not None]
         return max(known) if known else None
+
+    @property
+    def clean_text(self) -> str:
+        """`clean runs/runs`."""
+        return f"{sum(r.clean for r in self.runs)}/{len(self.runs)}"
 
 
 @dataclass(frozen=True)
@@ -295,9 +385,15 @@ class CheckpointTiming:
     """What a finished query's checkpoint says about its batches."""
 
     batches: int
-    seconds: float
+    start: float  # epoch seconds
+    end: float
     stateful: bool
     state_store: str | None
+
+    @property
+    def seconds(self) -> float:
+        """From the first batch's start to the last batch's commit."""
+        return self.end - self.start
 
 
 class BenchFailure(Exception):
@@ -316,7 +412,7 @@ def checkpoint_timing(checkpoint: Path) -> CheckpointTiming:
     end_s = (checkpoint / "commits" / str(last)).stat().st_mtime
     provider = metadata.get("conf", {}).get("spark.sql.streaming.stateStore.providerClass")
     stateful = (checkpoint / "state").is_dir()
-    return CheckpointTiming(len(commits), end_s - start_ms / 1000, stateful, provider)
+    return CheckpointTiming(len(commits), start_ms / 1000, end_s, stateful, provider)
 
 
 def busy_from_status(checkpoint: Path, batches: int) -> float | None:
@@ -362,8 +458,9 @@ def run_subprocess(command: list[str], log: Path, env: dict[str, str]) -> tuple[
         child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         while child.poll() is None:
             load.poll(child.pid)
-            time.sleep(0.5)
+            time.sleep(POLL_SECONDS)
     wall = time.perf_counter() - started
+    load.wait_for_exit()
     if child.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
         raise BenchFailure(
@@ -449,22 +546,24 @@ def measure_spark(
         busy = busy_from_status(run_dir / "checkpoint", timing.batches)
     else:
         busy = busy_from_progress(run_dir / "progress.json", timing.batches)
-    measurement.seconds.append(timing.seconds)
-    measurement.busy_seconds.append(busy)
-    measurement.wall_seconds.append(wall)
-    measurement.other_cores.append(others)
+    cpu = load.tree_cpu_between(timing.start, timing.end)
+    measurement.runs.append(Run(timing.seconds, cpu, busy, wall, others))
     measurement.batches = timing.batches
     measurement.note = short_provider(timing.state_store) if timing.stateful else "stateless"
+    cpu_text = "" if cpu is None else f", cpu {cpu:.2f} s"
     busy_text = "" if busy is None else f", busy {busy:.2f} s"
     others_text = "" if others is None else f", others {others:.2f} cores"
     progress(
-        f"  {query.name}: {timing.batches} batches in {timing.seconds:.2f} s"
+        f"  {query.name}: {timing.batches} batches in {timing.seconds:.2f} s{cpu_text}"
         f"{busy_text} (wall {wall:.1f} s{others_text})"
     )
 
 
-def pyarrow_count(folder: Path) -> tuple[float, int, int]:
-    """Read and count every word in the folder with pyarrow. Returns (seconds, words, distinct)."""
+def pyarrow_count(folder: Path) -> tuple[float, float, int, int]:
+    """Read and count every word in the folder with pyarrow.
+
+    Returns (seconds, CPU seconds of this process, words, distinct words).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
     from pyarrow import csv
@@ -475,7 +574,7 @@ def pyarrow_count(folder: Path) -> tuple[float, int, int]:
         delimiter=NO_DELIMITER, quote_char=False, double_quote=False, escape_char=False
     )
     convert_options = csv.ConvertOptions(column_types={"value": pa.string()})
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     tables = [
         csv.read_csv(
             path,
@@ -487,19 +586,18 @@ def pyarrow_count(folder: Path) -> tuple[float, int, int]:
     ]
     values = pa.concat_tables(tables).column("value").combine_chunks()
     counts = pc.value_counts(pc.list_flatten(pc.utf8_split_whitespace(values)))
-    seconds = time.perf_counter() - started
-    return seconds, int(pc.sum(counts.field("counts")).as_py()), len(counts)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu
+    return seconds, cpu, int(pc.sum(counts.field("counts")).as_py()), len(counts)
 
 
 def measure_pyarrow(measurement: Measurement, corpus: Corpus) -> list[str]:
     """Time the pyarrow reference in this process. Returns problems with its result."""
     load = OtherLoad()
-    seconds, words, distinct = pyarrow_count(corpus.folder)
+    seconds, cpu, words, distinct = pyarrow_count(corpus.folder)
     others = load.cores()
-    measurement.seconds.append(seconds)
-    measurement.other_cores.append(others)
-    others_text = "" if others is None else f" (others {others:.2f} cores)"
-    progress(f"  pyarrow: {seconds:.2f} s{others_text}")
+    measurement.runs.append(Run(seconds, cpu, others=others))
+    others_text = "" if others is None else f", others {others:.2f} cores"
+    progress(f"  pyarrow: {seconds:.2f} s (cpu {cpu:.2f} s{others_text})")
     if words != corpus.words or distinct != len(corpus.counts):
         return [
             f"pyarrow: {words:,} words / {distinct:,} distinct, expected "
@@ -561,7 +659,13 @@ def print_report(corpus: Corpus, measurements: list[Measurement], args: argparse
     by_name = {m.name: m for m in measurements}
     bare = by_name["bare"].words_per_second(corpus.words)
     limit = by_name["pyarrow"].words_per_second(corpus.words)
-    runs = f"median of {args.repeat} runs" if args.repeat > 1 else "1 run"
+    bare_cpu = by_name["bare"].median_cpu
+
+    def cpu_vs_bare(m: Measurement) -> float | None:
+        cpu = m.median_cpu
+        return bare_cpu / cpu if bare_cpu and cpu else None
+
+    runs = f"medians of {args.repeat} runs" if args.repeat > 1 else "1 run"
     print()
     print(
         f"corpus: {corpus.lines:,} lines, {corpus.words:,} words "
@@ -570,8 +674,9 @@ def print_report(corpus: Corpus, measurements: list[Measurement], args: argparse
         f"shuffle partitions={args.shuffle_partitions}; {runs}; {os.cpu_count()} cores"
     )
     header = (
-        f"{'query':<14} {'batches':>7} {'seconds':>8} {'words/s':>12} {'busy s':>7} "
-        f"{'wall s':>7} {'others':>6} {'vs bare':>7} {'vs pyarrow':>10}  note"
+        f"{'query':<14} {'batches':>7} {'seconds':>8} {'words/s':>12} {'vs bare':>7} "
+        f"{'vs pyarrow':>10} {'cpu s':>6} {'cpu vs bare':>11} {'busy s':>7} {'wall s':>7} "
+        f"{'others':>6} {'clean':>5}  note"
     )
     print(header)
     print("-" * len(header))
@@ -580,8 +685,9 @@ def print_report(corpus: Corpus, measurements: list[Measurement], args: argparse
         batches = "-" if m.batches is None else str(m.batches)
         print(
             f"{m.name:<14} {batches:>7} {m.median_seconds:>8.2f} {rate:>12,.0f} "
-            f"{figure(m.median_busy):>7} {figure(m.median_wall):>7} "
-            f"{figure(m.worst_other_cores):>6} {rate / bare:>7.2f} {rate / limit:>10.3f}  {m.note}"
+            f"{rate / bare:>7.2f} {rate / limit:>10.3f} {figure(m.median_cpu):>6} "
+            f"{figure(cpu_vs_bare(m)):>11} {figure(m.median_busy):>7} {figure(m.median_wall):>7} "
+            f"{figure(m.worst_others):>6} {m.clean_text:>5}  {m.note}"
         )
     print()
     for name, target, kind in (
@@ -593,15 +699,17 @@ def print_report(corpus: Corpus, measurements: list[Measurement], args: argparse
         verdict = "ok" if ratio >= target else "BELOW"
         print(
             f"{name + ' / bare':<22} {ratio:5.2f}  ({kind} >= {target:.2f}: {verdict});  "
+            f"by CPU time {figure(cpu_vs_bare(by_name[name]))};  "
             f"{name} / pyarrow {rate / limit:.3f}"
         )
     print(f"{'bare / pyarrow':<22} {bare / limit:5.3f}")
-    disturbed = [m.name for m in measurements if (m.worst_other_cores or 0.0) > BUSY_MACHINE_CORES]
+    disturbed = [m.name for m in measurements if m.disturbed]
     if disturbed:
         print(
-            f"\nWARNING: other processes used more than {BUSY_MACHINE_CORES} cores during "
-            f"{', '.join(disturbed)}: those figures are not reliable. Rerun on a quiet machine "
-            "(or with --wait-idle SECONDS)."
+            f"\nWARNING: other processes used more than {BUSY_MACHINE_CORES} cores during every "
+            f"run of {', '.join(disturbed)}: those figures are not reliable. Rerun on a quiet "
+            "machine, with --repeat N (disturbed runs are left out of the medians when a clean "
+            "one exists) or --wait-idle SECONDS."
         )
 
 
