@@ -81,8 +81,11 @@ def _missing_commit(ck: Path) -> str:
 
 
 def _missing_state(ck: Path) -> str:
-    victim = next(p for p in sorted((ck / "state/0").glob("*/3.zip")))
-    victim.unlink()
+    # RocksDB with changelog checkpointing writes 3.changelog (and a 3.zip snapshot now and then)
+    partition = next(p.parent for p in sorted((ck / "state/0").glob("*/3.changelog")))
+    for version_file in partition.glob("3.*"):
+        version_file.unlink()
+    victim = partition / "3"
     return f"state file for version 3 \\(batch 2\\) is missing in .*state/0/{victim.parent.name}"
 
 
