@@ -28,7 +28,7 @@ demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show
 test: lint typecheck  ## lint, type-check and run every test (what CI runs)
 	$(BIN)/pytest
 
-test-fast: $(SYNCED)  ## only the tests that need neither Spark nor subprocess jobs
+test-fast: $(SYNCED)  ## the tests that need no Spark: unit tests and DAG checks
 	$(BIN)/pytest -m "not spark and not slow"
 
 lint: $(SYNCED)  ## ruff lint and format check
