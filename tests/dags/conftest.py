@@ -6,6 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,38 @@ def run_state(result: subprocess.CompletedProcess[str]) -> str:
         if "DagRun Finished" in line and "state=" in line:
             return line.split("state=")[1].split(",")[0]
     raise AssertionError("no DagRun Finished line:\n" + (result.stdout + result.stderr)[-3000:])
+
+
+@contextmanager
+def running_stream(
+    dag_id: str, checkpoint: Path, env: dict[str, str], until: str = "batch", timeout: float = 240
+) -> Iterator[subprocess.Popen[str]]:
+    """A stream DAG run under `airflow dags test` in the background, yielded once its job is
+    running (`until="running"`) or has finished a batch (`until="batch"`); killed on exit if it
+    is still there."""
+    from spark_jobs.status import read_status
+
+    stream = subprocess.Popen(
+        [str(BIN / "airflow"), "dags", "test", dag_id, "-c", '{"shuffle_partitions": 2}'],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = read_status(str(checkpoint))
+            ready = status is not None and (
+                status.last_batch is not None if until == "batch" else status.state == "running"
+            )
+            if ready:
+                break
+            assert stream.poll() is None, stream.stdout.read() if stream.stdout else ""
+            assert time.monotonic() < deadline, f"the stream never reached {until!r}"
+            time.sleep(1)
+        yield stream
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+            stream.wait()

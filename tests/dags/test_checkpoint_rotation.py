@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,9 +10,8 @@ import pytest
 
 from spark_jobs.checkpoints import SnapshotStore
 from spark_jobs.layout import CheckpointLayout, Generation
-from spark_jobs.status import read_status
 from tests.conftest import drop_file
-from tests.dags.conftest import BIN, airflow_env, dags_test, run_state
+from tests.dags.conftest import airflow_env, dags_test, run_state, running_stream
 
 pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.slow]
 
@@ -28,29 +25,7 @@ def test_rotating_a_running_stream_stops_rotates_and_restarts_it(
     stream_dir = tmp_path / "streams/running_total"
     drop_file(stream_dir / "input", "1.txt", TEXT, mtime=1_700_000_001)
     env = airflow_env(airflow_home, tmp_path)
-    stream = subprocess.Popen(
-        [
-            str(BIN / "airflow"),
-            "dags",
-            "test",
-            "running_total_stream",
-            "-c",
-            '{"shuffle_partitions": 2}',
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            status = read_status(str(stream_dir / "checkpoint"))
-            if status and status.last_batch is not None:
-                break
-            assert stream.poll() is None, stream.stdout.read() if stream.stdout else ""
-            assert time.monotonic() < deadline, "the stream never ran a batch"
-            time.sleep(1)
+    with running_stream("running_total_stream", stream_dir / "checkpoint", env) as stream:
         # When the stream is rotated to 3 partitions
         rotation = dags_test(
             "checkpoint_rotation",
@@ -58,9 +33,6 @@ def test_rotating_a_running_stream_stops_rotates_and_restarts_it(
             env,
         )
         stream_output, _ = stream.communicate(timeout=240)
-    finally:
-        if stream.poll() is None:
-            stream.kill()
     output = rotation.stdout + rotation.stderr
     # Then the stream stopped at a batch boundary, the rotation logged its sizes, and asked for a
     # restart with the Params the stream ran with

@@ -4,7 +4,6 @@ restart budget and the graceful stop."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from spark_jobs.status import read_status
 from streamops import registry
 from streamops.locks import StreamLock
 from tests.conftest import drop_file
-from tests.dags.conftest import BIN, airflow_env, dags_test, run_state
+from tests.dags.conftest import airflow_env, dags_test, run_state, running_stream
 
 pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.slow]
 
@@ -92,36 +91,12 @@ def test_stream_control_stops_a_stream_at_a_batch_boundary(
     # Given a running stream
     drop_file(tmp_path / "streams/word_count/input", "1.txt", SEED)
     env = airflow_env(airflow_home, tmp_path)
-    stream = subprocess.Popen(
-        [
-            str(BIN / "airflow"),
-            "dags",
-            "test",
-            "word_count_stream",
-            "-c",
-            '{"shuffle_partitions": 2}',
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            status = read_status(str(tmp_path / "streams/word_count/checkpoint"))
-            if status and status.last_batch is not None:
-                break
-            assert stream.poll() is None, stream.stdout.read() if stream.stdout else ""
-            assert time.monotonic() < deadline, "the stream never ran a batch"
-            time.sleep(1)
+    checkpoint = tmp_path / "streams/word_count/checkpoint"
+    with running_stream("word_count_stream", checkpoint, env) as stream:
         # When stream_control asks it to stop
         control = dags_test("stream_control", {"stream": "word_count", "action": "stop"}, env)
         assert run_state(control) == "success", control.stdout[-2000:]
         output, _ = stream.communicate(timeout=240)
-    finally:
-        if stream.poll() is None:
-            stream.kill()
     # Then the stream's run ends as a success, stopped by request, with its batch committed
     assert "stopped at a batch boundary, as requested" in output
     assert "state=success" in output
@@ -136,34 +111,14 @@ def test_killing_the_task_stops_the_driver_and_never_restarts_it(
 ) -> None:
     # Given a running stream
     drop_file(tmp_path / "streams/word_count/input", "1.txt", SEED)
-    stream = subprocess.Popen(
-        [
-            str(BIN / "airflow"),
-            "dags",
-            "test",
-            "word_count_stream",
-            "-c",
-            '{"shuffle_partitions": 2}',
-        ],
-        env=airflow_env(airflow_home, tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while (status := read_status(str(tmp_path / "streams/word_count/checkpoint"))) is None or (
-            status.state != "running"
-        ):
-            assert stream.poll() is None, stream.stdout.read() if stream.stdout else ""
-            assert time.monotonic() < deadline, "the stream never started"
-            time.sleep(1)
+    checkpoint = tmp_path / "streams/word_count/checkpoint"
+    env = airflow_env(airflow_home, tmp_path)
+    with running_stream("word_count_stream", checkpoint, env, until="running") as stream:
+        status = read_status(str(checkpoint))
+        assert status is not None
         # When the task is killed (Airflow sends SIGTERM, and the task runs on_kill)
         stream.send_signal(signal.SIGTERM)
         output, _ = stream.communicate(timeout=120)
-    finally:
-        if stream.poll() is None:
-            stream.kill()
     # Then the driver is gone, no spark-submit of this data root is left, and nothing restarted
     assert f"killed driver pid {status.pid}" in output or "Sending kill signal" in output
     time.sleep(3)
