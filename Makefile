@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SYNCED := $(VENV)/.synced
 
-.PHONY: help demo demo-local stop status test test-fast lint format typecheck bench clean
+.PHONY: help demo demo-local stop status test test-fast lint format typecheck bench system-deps clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ status:  ## is the stack running; each stream's state and last batch
 demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show their output
 	$(BIN)/python scripts/demo.py
 
-test: lint typecheck  ## lint, type-check and run every test (what CI runs)
+test: lint typecheck system-deps  ## lint, type-check and run every test (what CI runs)
 	$(BIN)/pytest
 
 test-fast: $(SYNCED)  ## the tests that need no Spark: unit tests and DAG checks
@@ -44,6 +44,9 @@ typecheck: $(SYNCED)  ## mypy on the packages
 
 bench: $(SYNCED)  ## throughput benchmark (prints ratios against references measured in the same run)
 	$(BIN)/python bench/throughput.py
+
+system-deps:  ## Debian packages the integration tests use (chromium, docker-compose, postgresql)
+	@scripts/system-deps.sh
 
 clean:  ## remove the virtual env, caches and demo data
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .airflow data
