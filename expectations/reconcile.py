@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from expectations import suites
+from expectations.results import quality_dir
 from expectations.suites import ReconcilePair
 from expectations.validate import (
     QualityRunner,
@@ -46,7 +47,6 @@ from expectations.validate import (
     StreamSink,
     format_batches,
     part_files,
-    quality_dir,
     read_rows,
     read_schemas,
     to_pandas,

@@ -60,6 +60,7 @@ from great_expectations.expectations.core.expect_compound_columns_to_be_unique i
 )
 from great_expectations.expectations.expectation import Expectation
 
+from expectations.results import QualityConfigError
 from spark_jobs.sinks import RUNNING_TOTAL_SCHEMA, WINDOWED_WORD_COUNT_SCHEMA, WORD_COUNT_SCHEMA
 
 CONFIG_ENV = "STREAMOPS_QUALITY_CONFIG"
@@ -73,10 +74,6 @@ WORD_SEPARATOR = (
     r"[\s\x00-\x1f\x7f-\x9f\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff\ufffd]"
 )
 MISSING = "<missing>"
-
-
-class QualityConfigError(ValueError):
-    """The thresholds file is invalid; the message names the file, the setting and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +40,11 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from expectations import suites
+from expectations.results import (
+    append_history,
+    docs_home,
+    quality_dir,
+)
 from expectations.suites import QualityConfig
 from spark_jobs.layout import SINK_FILE_PATTERN
 from spark_jobs.storage import Location
@@ -54,40 +58,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUALITY_DIR = ("_streamops", "quality")
-DOCS_DIR_ENV = "STREAMOPS_QUALITY_DOCS_DIR"
 DATASOURCE = "streamops_sinks"
 DOCS_SITE = "streamops"
 MAX_BATCHES_LISTED = 20
 READ_THREADS = 8
-
-
-# ---------------------------------------------------------------------------------------------
-# Where things live
-
-
-def quality_dir(root: str) -> Location:
-    """`<data root>/_streamops/quality`: watermarks, history and running_total snapshots."""
-    return Location.of(root).child(*QUALITY_DIR)
-
-
-def history_file(root: str) -> Location:
-    """The JSONL of validation summaries, one line per stream (or pair) and run."""
-    return quality_dir(root).child("history.jsonl")
-
-
-def docs_home(root: str) -> Path:
-    """The local folder of the Great Expectations project and its Data Docs."""
-    configured = os.environ.get(DOCS_DIR_ENV)
-    if configured:
-        return Path(configured)
-    if "://" in root and not root.startswith("file://"):
-        raise suites.QualityConfigError(
-            f"the data root {root} is not a local folder, and Great Expectations writes Data Docs "
-            f"to local files: set ${DOCS_DIR_ENV} on the Airflow workers to a local folder (one "
-            "a web server publishes, for people to read them)"
-        )
-    return Path(quality_dir(root).path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,29 +404,6 @@ SHOWN_ARGUMENTS = (
     "min_value",
     "max_value",
 )
-
-
-def append_history(root: str, lines: Iterable[dict[str, Any]]) -> None:
-    """Append summaries to the history file (rewritten whole on stores that cannot append)."""
-    data = "".join(json.dumps(line, default=str) + "\n" for line in lines).encode("utf-8")
-    if not data:
-        return
-    location = history_file(root)
-    Location(location.filesystem, posixpath.dirname(location.path)).mkdirs()
-    try:
-        with location.filesystem.open_append_stream(location.path) as stream:
-            stream.write(data)
-    except NotImplementedError:
-        old = location.read_bytes() if location.exists() else b""
-        location.write_bytes_atomic(old + data)
-
-
-def read_history(root: str) -> list[dict[str, Any]]:
-    """Every summary in the history file, oldest first."""
-    location = history_file(root)
-    if not location.exists():
-        return []
-    return [json.loads(line) for line in location.read_text().splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def validate_stream(stream: str, revalidate_all: bool, run: str) -> dict[str, An
     """Validate one stream's new batches; fail with what failed, where, and samples."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from expectations.suites import QualityConfig, QualityConfigError
+    from expectations.results import QualityConfigError
+    from expectations.suites import QualityConfig
     from expectations.validate import QualityRunner, StreamSink
     from streamops import registry
 
@@ -113,7 +114,8 @@ def reconcile_streams(only: str | None, revalidate_all: bool, run: str) -> list[
     from airflow.sdk.exceptions import AirflowFailException
 
     from expectations.reconcile import reconcile_pair
-    from expectations.suites import QualityConfig, QualityConfigError
+    from expectations.results import QualityConfigError
+    from expectations.suites import QualityConfig
     from expectations.validate import QualityRunner, Report, StreamSink
     from streamops import registry
 

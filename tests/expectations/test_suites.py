@@ -9,7 +9,8 @@ import pytest
 
 from expectations import suites
 from expectations.reconcile import CommonPoint, InputBatch, common_points, reconciliation_view
-from expectations.suites import QualityConfig, QualityConfigError, Thresholds
+from expectations.results import QualityConfigError
+from expectations.suites import QualityConfig, Thresholds
 from expectations.validate import PartFile, ValidationState, format_batches, plan_batches
 
 

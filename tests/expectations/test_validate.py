@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from expectations import suites
+from expectations.results import read_history
 from expectations.suites import QualityConfig
 from expectations.validate import (
     QualityRunner,
@@ -21,7 +22,6 @@ from expectations.validate import (
     StreamSink,
     ValidationState,
     load_totals,
-    read_history,
 )
 from spark_jobs.layout import sink_file_name
 from spark_jobs.sinks import RUNNING_TOTAL_SCHEMA, WORD_COUNT_SCHEMA
