@@ -1,0 +1,442 @@
+"""Every stream at a glance: what the Streams page, its JSON API, the metrics and the CLI show.
+
+One function, `overview()`, reads what the control plane and the jobs already write under the data
+root and judges it with the same rules as the `stream_health` DAG (`streamops.health.evaluate`):
+
+- the registry record (`_streamops/streams/<stream>.json`): should it run, restarts, last error;
+- the job's status (`<checkpoint>/_streamops/status.json`): state, recent batches, rates;
+- the checkpoint's lock (`<checkpoint>/_streamops/lock.json`): is a supervisor (a stream DAG
+  task) alive for it;
+- the input backlog (from the checkpoint's file-source log), the checkpoint's generation, size
+  and snapshots;
+- the newest quality result (`_streamops/quality/history.jsonl`) and recent alerts
+  (`_streamops/alerts.jsonl`).
+
+Each stream gets one state, for a human at a glance:
+
+| state | meaning |
+| --- | --- |
+| `running` | should run and runs (a `last_exception` breach still makes it unhealthy) |
+| `starting` | (re)started by its DAG; its job has not reported a batch yet |
+| `falling_behind` | runs, but `falling_behind`, `backlog` or `slow_batches` is breached |
+| `stalled` | its driver is alive but makes no progress |
+| `restarting` | its job failed; the supervisor waits out the backoff and starts it again |
+| `failed` | should run, does not, and no supervisor will restart it (budget used up, task gone) |
+| `stopped` | stopped on purpose (stream_control, or an available-now run that finished) |
+
+`healthy` is False when the stream has a breach, or is restarting. Nothing here imports Spark or
+pandas; the cost is a few small file reads per stream, plus a listing of the checkpoint (for its
+size) and of the input folder, cached for `CACHE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from spark_jobs.checkpoints import SnapshotStore, tree_size
+from spark_jobs.layout import CheckpointLayout, Generation
+from spark_jobs.status import StreamStatus, read_status
+from spark_jobs.storage import Location
+from streamops import registry
+from streamops.health import (
+    Backlog,
+    Breach,
+    HealthThresholds,
+    backlog_of,
+    driver_alive,
+    evaluate,
+    parse_time,
+)
+from streamops.locks import DEFAULT_TTL_SECONDS, StreamLock
+
+State = Literal[
+    "running", "starting", "falling_behind", "stalled", "restarting", "failed", "stopped"
+]
+STATES: tuple[State, ...] = (
+    "running",
+    "starting",
+    "falling_behind",
+    "stalled",
+    "restarting",
+    "failed",
+    "stopped",
+)
+# Signals that mean "runs, but does not keep up".
+LAGGING = ("falling_behind", "backlog", "slow_batches")
+# Listings (checkpoint size, snapshots, backlog) are cached this long per stream.
+CACHE_SECONDS = 15.0
+RECENT_ALERTS = 10
+# Only the end of the alerts file is read: enough for the recent alerts of every stream.
+ALERTS_TAIL_BYTES = 256 * 1024
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchPoint:
+    """One recent micro-batch, for the page's chart."""
+
+    batch_id: int
+    time: str
+    input_rows: int
+    input_rows_per_second: float
+    processed_rows_per_second: float
+    duration_seconds: float
+    state_rows: int | None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where the checkpoint is, its generation, its size and its newest snapshot."""
+
+    path: str
+    generation: int | None
+    first_sink_batch_id: int | None
+    size_bytes: int | None
+    snapshots: int
+    latest_snapshot: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class QualityInfo:
+    """The newest Great Expectations validation of the stream's sink."""
+
+    time: str | None
+    success: bool
+    checked: str | None
+    rows: int | None
+    failures: int
+    data_docs: str | None
+
+
+@dataclass
+class StreamOverview:
+    """One stream, as the on-call engineer sees it."""
+
+    stream: str
+    job: str
+    dag_id: str
+    run_id: str
+    desired: str
+    state: State
+    healthy: bool
+    breaches: list[dict[str, Any]]
+    trigger_interval: str | None
+    sink: str
+    input: str
+    supervisor: str | None
+    driver: str | None
+    started_at: str | None
+    status_updated_at: str | None
+    status_age_seconds: float | None
+    last_batch_id: int | None
+    last_batch_time: str | None
+    last_batch_age_seconds: float | None
+    input_rows_per_second: float | None
+    processed_rows_per_second: float | None
+    batch_duration_seconds: float | None
+    state_rows: int | None
+    backlog_files: int | None
+    backlog_bytes: int | None
+    restarts_total: int
+    last_error: str | None
+    exception: str | None
+    checkpoint: CheckpointInfo
+    quality: QualityInfo | None
+    # The Params of the run that started the stream: `streamops start` starts it the same way.
+    params: dict[str, Any] = field(default_factory=dict)
+    recent_batches: list[BatchPoint] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Every registered stream, when it was read, and what could not be read."""
+
+    generated_at: str
+    data_root: str
+    streams: list[StreamOverview]
+    problems: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        """Whether every stream is healthy and everything could be read."""
+        return not self.problems and all(s.healthy for s in self.streams)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "generated_at": self.generated_at,
+            "data_root": self.data_root,
+            "healthy": self.healthy,
+            "streams": [s.to_dict() for s in self.streams],
+            "problems": self.problems,
+        }
+
+
+# --- Small cache for listings --------------------------------------------------------------------
+
+_cache: dict[tuple[str, str], tuple[float, Any]] = {}
+_cache_lock = threading.Lock()
+
+
+def _cached(kind: str, key: str, compute: Callable[[], T], ttl: float = CACHE_SECONDS) -> T:
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get((kind, key))
+    if hit and now - hit[0] < ttl:
+        return hit[1]  # type: ignore[no-any-return]
+    value = compute()
+    with _cache_lock:
+        _cache[(kind, key)] = (now, value)
+    return value
+
+
+def clear_cache() -> None:
+    """Forget cached listings (tests, or after an action that changed a checkpoint)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+# --- Reading -------------------------------------------------------------------------------------
+
+
+def overview(
+    root: str,
+    now: datetime | None = None,
+    thresholds: HealthThresholds | None = None,
+    use_cache: bool = True,
+) -> Overview:
+    """Read and judge every registered stream under the data root `root`."""
+    from expectations.results import latest_results
+
+    now = now or datetime.now(UTC)
+    thresholds = thresholds or HealthThresholds.from_env()
+    problems: list[str] = []
+    try:
+        records = sorted(registry.load_all(root), key=lambda r: r.stream)
+    except (OSError, ValueError, TypeError) as err:
+        records = []
+        problems.append(
+            f"cannot read the stream registry {registry.registry_dir(root)}: {err} — check that "
+            "this process can read the data root ($STREAMOPS_DATA_ROOT)"
+        )
+    try:
+        quality = latest_results(root)
+    except (OSError, ValueError) as err:
+        quality = {}
+        problems.append(f"cannot read the quality history: {err}")
+    alerts = recent_alerts(root, problems)
+    streams = []
+    for record in records:
+        try:
+            streams.append(
+                stream_overview(record, now, thresholds, quality, alerts, problems, use_cache)
+            )
+        except (OSError, ValueError, TypeError) as err:
+            problems.append(f"stream {record.stream}: cannot read its files: {err}")
+    return Overview(
+        generated_at=now.isoformat(timespec="seconds"),
+        data_root=root,
+        streams=streams,
+        problems=problems,
+    )
+
+
+def recent_alerts(root: str, problems: list[str]) -> list[dict[str, Any]]:
+    """The newest alerts of the alerts file (any stream), oldest first."""
+    location = Location.of(root).child("_streamops", "alerts.jsonl")
+    try:
+        info = location.filesystem.get_file_info(location.path)
+        if info.size is None:
+            return []
+        with location.filesystem.open_input_file(location.path) as handle:
+            start = max(info.size - ALERTS_TAIL_BYTES, 0)
+            handle.seek(start)
+            data = handle.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, OSError) as err:
+        if isinstance(err, FileNotFoundError) or not location.exists():
+            return []
+        problems.append(f"cannot read the alerts file {location}: {err}")
+        return []
+    lines = data.splitlines()[1:] if start else data.splitlines()
+    alerts = []
+    for line in lines:
+        try:
+            alert = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(alert, dict):
+            alerts.append(alert)
+    return alerts
+
+
+def _status(record: registry.StreamRecord, problems: list[str]) -> StreamStatus | None:
+    try:
+        return read_status(record.checkpoint)
+    except (ValueError, TypeError, OSError) as err:
+        problems.append(
+            f"stream {record.stream}: its status file "
+            f"{CheckpointLayout.of(record.checkpoint).status_file} is unreadable: {err}"
+        )
+        return None
+
+
+def _backlog(record: registry.StreamRecord, problems: list[str], use_cache: bool) -> Backlog | None:
+    try:
+        if not use_cache:
+            return backlog_of(record)
+        return _cached("backlog", record.checkpoint, lambda: backlog_of(record), ttl=5.0)
+    except OSError as err:
+        problems.append(f"stream {record.stream}: backlog unknown ({err})")
+        return None
+
+
+def checkpoint_info(checkpoint: str, use_cache: bool = True) -> CheckpointInfo:
+    """Generation, size and snapshots of a checkpoint."""
+
+    def compute() -> CheckpointInfo:
+        layout = CheckpointLayout.of(checkpoint)
+        generation = Generation.read(layout)
+        store = SnapshotStore.of(layout)
+        snapshots = store.all()
+        latest = snapshots[-1] if snapshots else None
+        return CheckpointInfo(
+            path=checkpoint,
+            generation=generation.number if generation else None,
+            first_sink_batch_id=generation.first_sink_batch_id if generation else None,
+            size_bytes=tree_size(layout.root) if layout.root.exists() else None,
+            snapshots=len(snapshots),
+            latest_snapshot=asdict(latest) if latest else None,
+        )
+
+    return _cached("checkpoint", checkpoint, compute) if use_cache else compute()
+
+
+def quality_info(summary: dict[str, Any] | None) -> QualityInfo | None:
+    """The page's view of a quality history line."""
+    if not summary:
+        return None
+    failures = summary.get("failures") or []
+    return QualityInfo(
+        time=summary.get("time"),
+        success=bool(summary.get("success")),
+        checked=summary.get("checked"),
+        rows=summary.get("rows"),
+        failures=len(failures) if isinstance(failures, list) else 0,
+        data_docs=summary.get("data_docs"),
+    )
+
+
+def judge(
+    record: registry.StreamRecord,
+    status: StreamStatus | None,
+    breaches: list[Breach],
+    supervised: bool,
+) -> tuple[State, bool]:
+    """A stream's state and whether it is healthy, from what `evaluate` found and the lock."""
+    signals = {b.signal for b in breaches}
+    running_now = (
+        status is not None
+        and status.state in ("starting", "running")
+        and driver_alive(status) is not False
+    )
+    if record.desired != "running":
+        return ("running" if running_now else "stopped"), True
+    restarts = [parse_time(t) for t in record.restarts]
+    if supervised and restarts and (status is None or status.state in ("failed", "stopped")):
+        return "restarting", False
+    if supervised and restarts and status and parse_time(status.updated_at) <= max(restarts):
+        return "restarting", False
+    if "not_running" in signals:
+        return ("restarting" if supervised and restarts else "failed"), False
+    if "stalled" in signals:
+        return "stalled", False
+    if signals & set(LAGGING):
+        return "falling_behind", False
+    if status is None or status.state == "starting" or status.last_batch is None:
+        return "starting", not breaches
+    if parse_time(status.updated_at) < parse_time(record.updated_at):
+        return "starting", not breaches
+    return "running", not breaches
+
+
+def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down)
+    record: registry.StreamRecord,
+    now: datetime,
+    thresholds: HealthThresholds,
+    quality: dict[str, dict[str, Any]],
+    alerts: list[dict[str, Any]],
+    problems: list[str],
+    use_cache: bool = True,
+) -> StreamOverview:
+    """One stream's overview at time `now`."""
+    status = _status(record, problems)
+    backlog = _backlog(record, problems, use_cache)
+    breaches = evaluate(record, status, now, thresholds, backlog)
+    holder = StreamLock(CheckpointLayout.of(record.checkpoint).lock_file, "overview").read()
+    supervised = holder is not None and not holder.is_stale(DEFAULT_TTL_SECONDS, now.timestamp())
+    state, healthy = judge(record, status, breaches, supervised)
+    last = status.last_batch if status else None
+    last_time = parse_time(last.timestamp) if last else None
+    updated = parse_time(status.updated_at) if status else None
+    return StreamOverview(
+        stream=record.stream,
+        job=record.job,
+        dag_id=record.dag_id or f"{record.job}_stream",
+        run_id=record.run_id,
+        desired=record.desired,
+        state=state,
+        healthy=healthy,
+        breaches=[asdict(b) for b in breaches],
+        trigger_interval=record.trigger_interval,
+        sink=record.sink,
+        input=record.input,
+        supervisor=(
+            f"{holder.owner} (pid {holder.pid} on {holder.host})"
+            if holder is not None and supervised
+            else None
+        ),
+        driver=f"pid {status.pid} on {status.host}" if status else None,
+        started_at=status.started_at if status else None,
+        status_updated_at=status.updated_at if status else None,
+        status_age_seconds=round((now - updated).total_seconds(), 1) if updated else None,
+        last_batch_id=last.batch_id if last else None,
+        last_batch_time=last.timestamp if last else None,
+        last_batch_age_seconds=(round((now - last_time).total_seconds(), 1) if last_time else None),
+        input_rows_per_second=last.input_rows_per_second if last else None,
+        processed_rows_per_second=last.processed_rows_per_second if last else None,
+        batch_duration_seconds=last.duration_ms / 1000 if last else None,
+        state_rows=last.state_rows if last else None,
+        backlog_files=backlog.files if backlog else None,
+        backlog_bytes=backlog.size_bytes if backlog else None,
+        restarts_total=len(record.restarts),
+        last_error=record.last_error,
+        exception=status.exception if status else None,
+        checkpoint=checkpoint_info(record.checkpoint, use_cache),
+        quality=quality_info(quality.get(f"stream {record.stream}")),
+        params=dict(record.params),
+        recent_batches=[
+            BatchPoint(
+                batch_id=b.batch_id,
+                time=b.timestamp,
+                input_rows=b.input_rows,
+                input_rows_per_second=b.input_rows_per_second,
+                processed_rows_per_second=b.processed_rows_per_second,
+                duration_seconds=b.duration_ms / 1000,
+                state_rows=b.state_rows,
+            )
+            for b in (status.recent_batches if status else [])
+        ],
+        alerts=[a for a in alerts if a.get("stream") == record.stream][-RECENT_ALERTS:],
+    )

@@ -1,0 +1,242 @@
+"""The stream overview (Streams page, API, metrics, CLI) on real files at fixed times.
+
+States come from the same health rules as `stream_health`; these tests pin how breaches, the
+desired state and the supervisor's lock combine into one state per stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from spark_jobs.layout import CheckpointLayout, Generation
+from spark_jobs.status import write_status
+from streamops import registry
+from streamops.health import Breach, HealthThresholds
+from streamops.locks import LockHolder
+from streamops.overview import clear_cache, judge, overview
+from tests.streamops.test_health import NOW, batch, dead_pid, iso, make_record, make_status
+
+__all__ = ["dead_pid"]  # a fixture, used by name
+
+
+def breach(signal: str) -> Breach:
+    return Breach(
+        stream="word_count", signal=signal, value=1, message=f"stream word_count: {signal}"
+    )
+
+
+RESTARTED = iso(NOW - timedelta(seconds=30))
+
+
+def test_a_healthy_stream_is_running() -> None:
+    assert judge(make_record(), make_status(), [], supervised=True) == ("running", True)
+
+
+def test_a_stream_stopped_on_purpose_is_stopped_and_healthy(dead_pid: int) -> None:
+    status = make_status(state="stopped", pid=dead_pid)
+    assert judge(make_record(desired="stopped"), status, [], supervised=False) == ("stopped", True)
+
+
+def test_an_available_now_run_still_working_shows_running() -> None:
+    assert judge(make_record(desired="stopped"), make_status(), [], False) == ("running", True)
+
+
+def test_a_failed_job_with_a_live_supervisor_is_restarting(dead_pid: int) -> None:
+    record = make_record(restarts=[RESTARTED], updated_at=RESTARTED)
+    status = make_status(state="failed", pid=dead_pid, updated_at=iso(NOW - timedelta(seconds=40)))
+    assert judge(record, status, [], supervised=True) == ("restarting", False)
+
+
+def test_the_restarted_job_reporting_again_is_running_again() -> None:
+    record = make_record(restarts=[RESTARTED], updated_at=RESTARTED)
+    assert judge(record, make_status(), [], supervised=True) == ("running", True)
+
+
+def test_a_dead_stream_without_supervisor_has_failed(dead_pid: int) -> None:
+    record = make_record(restarts=[RESTARTED])
+    status = make_status(state="failed", pid=dead_pid)
+    assert judge(record, status, [breach("not_running")], supervised=False) == ("failed", False)
+
+
+@pytest.mark.parametrize("signal", ["falling_behind", "backlog", "slow_batches"])
+def test_lagging_signals_mean_falling_behind(signal: str) -> None:
+    state = judge(make_record(), make_status(), [breach(signal)], supervised=True)
+    assert state == ("falling_behind", False)
+
+
+def test_a_stuck_batch_is_stalled() -> None:
+    assert judge(make_record(), make_status(), [breach("stalled")], True) == ("stalled", False)
+
+
+def test_a_running_stream_that_failed_recently_is_running_but_unhealthy() -> None:
+    state = judge(make_record(), make_status(), [breach("last_exception")], supervised=True)
+    assert state == ("running", False)
+
+
+def test_a_stream_without_a_batch_yet_is_starting() -> None:
+    started = make_status(state="starting", last_batch=None, recent_batches=[])
+    assert judge(make_record(), started, [], True) == ("starting", True)
+    assert judge(make_record(), None, [], True) == ("starting", True)
+
+
+# --- overview() on a real data root -------------------------------------------------------------
+
+
+def register(root: Path, stream: str, desired: str, updated: str) -> registry.StreamRecord:
+    base = root / "streams" / stream
+    (base / "input").mkdir(parents=True)
+    record = make_record(
+        stream=stream,
+        checkpoint=str(base / "checkpoint"),
+        sink=str(base / "sink"),
+        input=str(base / "input"),
+        desired=desired,
+        dag_id=f"{stream}_stream",
+    )
+    registry.save(record, str(root))
+    # save() stamps the time; put it back to the fixed clock of these tests.
+    path = root / "_streamops" / "streams" / f"{stream}.json"
+    data = json.loads(path.read_text())
+    data["updated_at"] = updated
+    path.write_text(json.dumps(data))
+    return record
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, dead_pid: int) -> Path:
+    """Two streams: `word_count` running (live driver and supervisor), `totals` stopped."""
+    clear_cache()
+    root = tmp_path / "root"
+    running = register(root, "word_count", "running", iso(NOW - timedelta(hours=1)))
+    layout = CheckpointLayout.of(running.checkpoint)
+    layout.root.mkdirs()
+    Generation(first_sink_batch_id=40, number=2).write(layout)
+    batches = [batch(40 + i, seconds_ago=5 - i) for i in range(5)]
+    write_status(
+        make_status(
+            checkpoint=running.checkpoint,
+            recent_batches=batches,
+            last_batch=replace(batches[-1], state_rows=123),
+        )
+    )
+    holder = LockHolder("word_count_stream/run/stream#1", socket.gethostname(), os.getpid(), "t", 0)
+    layout.lock_file.write_text_atomic(
+        json.dumps({**holder.__dict__, "heartbeat": NOW.timestamp()})
+    )
+    snapshot = Path(running.checkpoint + ".snapshots") / "20260105T110000Z"
+    snapshot.mkdir(parents=True)
+    (snapshot / "snapshot.json").write_text(
+        json.dumps(
+            {
+                "id": "20260105T110000Z",
+                "created_at": iso(NOW - timedelta(hours=1)),
+                "last_spark_batch_id": 3,
+                "last_sink_batch_id": 39,
+                "size_bytes": 2048,
+                "reason": "rotation",
+            }
+        )
+    )
+    (root / "streams" / "word_count" / "input" / "waiting.txt").write_text("a b c\n")
+
+    stopped = register(root, "totals", "stopped", iso(NOW - timedelta(hours=2)))
+    write_status(
+        make_status(
+            checkpoint=stopped.checkpoint, state="stopped", pid=dead_pid, job="running_total"
+        )
+    )
+    quality = root / "_streamops" / "quality"
+    quality.mkdir(parents=True)
+    lines = [
+        {"time": iso(NOW - timedelta(minutes=20)), "subject": "stream word_count", "success": True},
+        {
+            "time": iso(NOW - timedelta(minutes=10)),
+            "subject": "stream word_count",
+            "success": False,
+            "checked": "batches 41-44",
+            "rows": 500,
+            "failures": [{"check": "rows"}],
+            "data_docs": "file:///x/index.html",
+        },
+    ]
+    (quality / "history.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    alerts = [
+        {"time": iso(NOW), "stream": "word_count", "dag_id": "stream_health", "message": "m1"},
+        {"time": iso(NOW), "stream": "totals", "dag_id": "stream_health", "message": "m2"},
+    ]
+    (root / "_streamops" / "alerts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in alerts))
+    return root
+
+
+def test_overview_reads_every_stream_from_its_files(data_root: Path) -> None:
+    view = overview(str(data_root), now=NOW, thresholds=HealthThresholds())
+
+    assert [s.stream for s in view.streams] == ["totals", "word_count"]
+    totals, words = view.streams
+    assert (totals.state, totals.healthy, totals.desired) == ("stopped", True, "stopped")
+    assert (words.state, words.healthy) == ("running", True)
+    assert words.last_batch_id == 44
+    assert words.last_batch_age_seconds == pytest.approx(1.0)
+    assert words.state_rows == 123
+    assert [b.batch_id for b in words.recent_batches] == [40, 41, 42, 43, 44]
+    assert words.backlog_files == 1
+    assert words.supervisor is not None
+    assert "word_count_stream/run/stream#1" in words.supervisor
+    assert words.checkpoint.generation == 2
+    assert words.checkpoint.size_bytes is not None
+    assert words.checkpoint.size_bytes > 0
+    assert words.checkpoint.latest_snapshot is not None
+    assert words.checkpoint.latest_snapshot["id"] == "20260105T110000Z"
+    assert words.quality is not None
+    assert (words.quality.success, words.quality.failures) == (False, 1)
+    assert [a["message"] for a in words.alerts] == ["m1"]
+    assert view.healthy
+    assert view.problems == []
+
+
+def test_overview_flags_a_dead_stream_that_should_run(data_root: Path, dead_pid: int) -> None:
+    record = registry.load("word_count", str(data_root))
+    assert record is not None
+    write_status(make_status(checkpoint=record.checkpoint, state="failed", pid=dead_pid))
+    CheckpointLayout.of(record.checkpoint).lock_file.filesystem.delete_file(
+        CheckpointLayout.of(record.checkpoint).lock_file.path
+    )
+    view = overview(str(data_root), now=NOW, thresholds=HealthThresholds(), use_cache=False)
+
+    words = view.streams[1]
+    assert (words.state, words.healthy) == ("failed", False)
+    assert [b["signal"] for b in words.breaches] == ["not_running"]
+    assert not view.healthy
+
+
+def test_an_unreadable_status_is_a_problem_not_a_crash(data_root: Path) -> None:
+    record = registry.load("word_count", str(data_root))
+    assert record is not None
+    Path(CheckpointLayout.of(record.checkpoint).status_file.path).write_text("{not json")
+    view = overview(str(data_root), now=NOW, thresholds=HealthThresholds(), use_cache=False)
+
+    assert any("status file" in p and "unreadable" in p for p in view.problems)
+    assert not view.healthy
+
+
+def test_an_empty_data_root_has_no_streams(tmp_path: Path) -> None:
+    view = overview(str(tmp_path), thresholds=HealthThresholds())
+    assert view.streams == []
+    assert view.problems == []
+    assert view.healthy
+
+
+def test_the_lock_of_a_gone_supervisor_does_not_count(data_root: Path) -> None:
+    record = registry.load("word_count", str(data_root))
+    assert record is not None
+    stale = LockHolder("x", "elsewhere", 1, "t", NOW.timestamp() - 3600)
+    CheckpointLayout.of(record.checkpoint).lock_file.write_text_atomic(json.dumps(stale.__dict__))
+    view = overview(str(data_root), now=NOW, thresholds=HealthThresholds(), use_cache=False)
+    assert view.streams[1].supervisor is None
