@@ -60,8 +60,9 @@ RUN_END_SECONDS = 15.0
 
 # The stream DAGs `start` triggers, and the stream (default Params) each one runs.
 STREAM_DAGS = {"word_count_stream": "word_count", "running_total_stream": "running_total"}
-# Unpaused when present (written separately; scheduled, so they run on their own once unpaused).
-OPTIONAL_DAGS = ("stream_health",)
+# Unpaused once parsed: the health check (every minute), and stream_control, which runs only
+# when triggered (the UI, or `bin/streamops stop`; a paused DAG's runs would never start).
+CONTROL_DAGS = ("stream_health", "stream_control")
 
 T = TypeVar("T")
 
@@ -758,17 +759,16 @@ def start(stack: Stack, args: argparse.Namespace) -> int:
         wait_for_api(stack, api, standalone, args.timeout)
         note(f"API server healthy after {time.monotonic() - t0:.0f} s")
         say("waiting for the DAG processor to parse the stream DAGs")
-        wait_for_dags(api, STREAM_DAGS, args.timeout)
+        wait_for_dags(api, [*STREAM_DAGS, *CONTROL_DAGS], args.timeout)
         note(f"parsed after {time.monotonic() - t0:.0f} s")
     except BaseException:
         say("start failed: stopping what was started")
         stop_processes(stack, state)
         raise
 
-    for dag_id in OPTIONAL_DAGS:
-        if api.call("GET", f"/api/v2/dags/{dag_id}")[0] == 200:
-            unpause(api, dag_id)
-            say(f"unpaused {dag_id}")
+    for dag_id in CONTROL_DAGS:
+        unpause(api, dag_id)
+        say(f"unpaused {dag_id}")
     runs: list[StreamRun] = []
     since = datetime.now(UTC)
     for dag_id in STREAM_DAGS:

@@ -2,8 +2,10 @@
 
 `test_stack_starts_streams_and_stops_without_orphans` brings the whole stack up in a temporary
 AIRFLOW_HOME and data root on a free port (about 1-2 min on 2 cores), checks the API, the
-`spark_default` connection, both stream DAG runs and their sinks, then stops it and checks that
-no process of it is left. The other tests are quick checks of the feeder and the environment.
+`spark_default` connection, both stream DAG runs and their sinks, the on-call surfaces
+(`tests/streamops/oncall_live.py`: Streams page in Chromium, API auth, metrics, CLI), then stops
+it and checks that no process of it is left. The other tests are quick checks of the feeder and
+the environment.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tests.streamops.oncall_live import check_on_call_surfaces
 
 STREAM_DAGS = {"word_count_stream": "word_count", "running_total_stream": "running_total"}
 
@@ -117,7 +120,7 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 
 @pytest.mark.airflow
 @pytest.mark.slow
-def test_stack_starts_streams_and_stops_without_orphans(tmp_path: Path) -> None:
+def test_stack_starts_streams_and_stops_without_orphans(tmp_path: Path) -> None:  # noqa: PLR0915
     home, data = tmp_path / "airflow", tmp_path / "data"
     port = stack.free_port()
     where = ["--home", str(home), "--data-root", str(data), "--port", str(port)]
@@ -171,6 +174,11 @@ def test_stack_starts_streams_and_stops_without_orphans(tmp_path: Path) -> None:
         rss = re.search(r"processes\s+(\d+), RSS (\d+) MiB summed \(PSS (\d+) MiB", status.stdout)
         assert rss, status.stdout
         print(f"stack memory: {rss[1]} processes, RSS {rss[2]} MiB, PSS {rss[3]} MiB")
+        # And the on-call surfaces work on it: Streams page, API, metrics, CLI (stops word_count)
+        t3 = time.monotonic()
+        password = json.loads(stack.Stack(home, data, port).password_file.read_text())["admin"]
+        check_on_call_surfaces(port, token, password)
+        timings["on-call surfaces"] = time.monotonic() - t3
         # When it stops
         t2 = time.monotonic()
         stopped = run_stack("stop", *where, timeout=300)

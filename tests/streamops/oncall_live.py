@@ -1,0 +1,161 @@
+"""On-call surfaces against a live Airflow: the Streams page, its API, the metrics and the CLI.
+
+Called by the embedded-stack test (`tests/scripts/test_stack.py`) while its standalone Airflow
+runs both streams, so the suite starts Airflow once for both. Steps:
+
+1. the API refuses requests without a login (no token, a forged token);
+2. `/streamops/metrics` parses with prometheus_client's parser and has both streams;
+3. `bin/streamops status` prints both streams; its exit code agrees with their health;
+4. `bin/streamops stop word_count --wait` stops one stream through `stream_control`;
+5. headless Chromium (Debian's `chromium`), signed in with the UI's session cookie, opens the
+   Airflow UI at `/plugin/streams`; the page, inside the UI, shows `word_count` stopped and
+   `running_total` running. A screenshot is kept in `$STREAMOPS_TEST_ARTIFACTS` (default
+   `<repo>/.artifacts/`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT
+
+ARTIFACTS = Path(os.environ.get("STREAMOPS_TEST_ARTIFACTS", ROOT / ".artifacts"))
+RUNNING_STATES = ("running", "starting", "falling_behind")
+
+
+def http(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def cli(
+    port: int, password: str, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "STREAMOPS_AIRFLOW_URL": f"http://127.0.0.1:{port}",
+        "STREAMOPS_AIRFLOW_USERNAME": "admin",
+        "STREAMOPS_AIRFLOW_PASSWORD": password,
+    }
+    done = subprocess.run(
+        [str(ROOT / "bin" / "streamops"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    print(f"$ streamops {' '.join(args)}  -> exit {done.returncode}\n{done.stdout}{done.stderr}")
+    return done
+
+
+def streams_by_name(port: int, token: str) -> dict[str, dict[str, Any]]:
+    status, body = http(port, "/streamops/api/streams", token)
+    assert status == 200, body
+    return {s["stream"]: s for s in json.loads(body)["streams"]}
+
+
+def check_on_call_surfaces(port: int, token: str, password: str) -> None:
+    """Run the steps of this module's docstring against the stack on `port`."""
+    # The API refuses anonymous and forged requests
+    status, body = http(port, "/streamops/api/streams")
+    assert status == 401, body
+    assert http(port, "/streamops/api/streams", token="forged.jwt.token")[0] in (401, 403)
+    streams = streams_by_name(port, token)
+    assert set(streams) >= {"word_count", "running_total"}
+
+    # The metrics parse, with both streams
+    status, text = http(port, "/streamops/metrics")
+    assert status == 200, text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    healthy = {s.labels["stream"] for s in families["streamops_stream_healthy"].samples}
+    assert healthy >= {"word_count", "running_total"}
+    assert families["streamops_stream_restarts"].type == "counter"
+
+    # status: a table of both streams; exit 0 exactly when every stream is healthy
+    listed = cli(port, password, "status", "--json")
+    view = json.loads(listed.stdout)
+    expected = 0 if all(s["healthy"] for s in view["streams"]) and not view["problems"] else 1
+    assert listed.returncode == expected
+    table = cli(port, password, "status")
+    assert table.returncode in (0, 1), table.stderr
+    for name in ("word_count", "running_total"):
+        assert any(line.startswith(name) for line in table.stdout.splitlines()), table.stdout
+
+    # stop: one stream stops at a batch boundary, through stream_control
+    stopped = cli(port, password, "stop", "word_count", "--wait", "--timeout", "240")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stream word_count stopped" in stopped.stdout
+    after = cli(port, password, "status", "word_count")
+    assert after.returncode == 0, after.stdout  # stopped on purpose is healthy
+    assert "stopped" in after.stdout
+    # An action on an unknown stream says what is known, with the usage exit code
+    unknown = cli(port, password, "stop", "nope")
+    assert unknown.returncode == 2
+    assert "not registered" in unknown.stderr
+
+    # The page, in the Airflow UI, shows one stream stopped and one running
+    check_page(port, token)
+
+
+def check_page(port: int, token: str) -> None:
+    """Open the Streams page inside the Airflow UI in headless Chromium; keep a screenshot."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (scripts/system-deps.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{port}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1600, "height": 900})
+            # The cookie the UI's login sets; the api-server reads it for the plugin's API too.
+            context.add_cookies([{"name": "_token", "value": token, "url": base}])
+            page = context.new_page()
+            page.goto(f"{base}/plugin/streams", wait_until="domcontentloaded", timeout=60_000)
+            frame_element = page.wait_for_selector("iframe", timeout=60_000)
+            frame = frame_element.content_frame()
+            assert frame is not None
+            assert frame.url.endswith("/streamops/ui"), frame.url
+            frame.wait_for_selector("body[data-loaded='true']", timeout=60_000)
+            deadline = time.monotonic() + 60
+            while True:
+                states = frame.eval_on_selector_all(
+                    "tr[data-stream]",
+                    "rows => Object.fromEntries("
+                    "rows.map(r => [r.dataset.stream, r.dataset.state]))",
+                )
+                if (
+                    states.get("word_count") == "stopped"
+                    and states.get("running_total") in RUNNING_STATES
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the Streams page shows {states}")
+                time.sleep(2)
+            assert "streams" in frame.inner_text("#summary")
+            shot = ARTIFACTS / "streams-page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            frame_element.screenshot(path=str(ARTIFACTS / "streams-page-frame.png"))
+            print(f"Streams page: {states}; screenshot {shot}")
+        finally:
+            browser.close()
