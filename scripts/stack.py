@@ -705,6 +705,7 @@ def print_banner(stack: Stack, runs: list[StreamRun], interval: float, took: flo
 ==> the stack is up ({took:.0f} s)
 
   Airflow UI    {stack.ui_url}
+  Streams page  {stack.ui_url}/plugin/streams   (Browse > Streams: states, rates, alerts)
   login         admin / {password}
                 (generated; kept in {stack.password_file})
   streams       {", ".join(f"{r.stream} ({r.dag_id})" for r in runs)}
@@ -724,6 +725,8 @@ Feed your own text
           stream = word_count), then trigger word_count_stream with source = socket and a new
           stream name (e.g. word_count_socket: its own sink and checkpoint) and type into nc.
 
+  on call bin/streamops status   (exit 0 when every stream is healthy; docs/runbook.md)
+          bin/streamops stop word_count --wait, start word_count, restart, rotate, ...
   status  make status          (scripts/stack.py status)
   stop    make stop            (stops every process this started)
 """,
