@@ -31,4 +31,8 @@ COPY --chown=airflow:0 pyproject.toml uv.lock /tmp/streamops/
 RUN uv export --project /tmp/streamops --locked --no-dev --no-emit-project --no-hashes \
         --output-file /tmp/streamops/requirements.txt \
     && pip install --no-cache-dir --no-deps -r /tmp/streamops/requirements.txt \
-    && rm -rf /tmp/streamops
+    && rm -rf /tmp/streamops \
+    && ln -s "$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')" \
+        /opt/streamops/spark
+# Spark's launch scripts look for their home with `python3` from PATH when this is unset.
+ENV SPARK_HOME=/opt/streamops/spark

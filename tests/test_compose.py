@@ -259,6 +259,18 @@ def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
     assert versions["apache-airflow"] == "3.3.2"
 
 
+def test_spark_services_run_the_launcher_of_the_images_spark_home(compose: dict[str, Any]) -> None:
+    spark_home = re.search(r"^ENV SPARK_HOME=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert spark_home is not None
+    for name in SPARK_SERVICES:
+        entrypoint = compose["services"][name]["entrypoint"]
+        assert entrypoint[-1] == f"{spark_home.group(1)}/bin/spark-class"
+    # The pip package has that launcher where the symlink points
+    import pyspark
+
+    assert (Path(pyspark.__file__).parent / "bin" / "spark-class").exists()
+
+
 def test_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
     one_shot = {"airflow-init"}
