@@ -139,8 +139,10 @@ def postgres() -> Iterator[Postgres]:
         deadline = time.monotonic() + 10
         while is_running(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not is_running(pid), f"postgres (pid {pid}) still running after pg_ctl stop"
-        shutil.rmtree(root, ignore_errors=True)
+        stopped = not is_running(pid)
+        if stopped:
+            shutil.rmtree(root, ignore_errors=True)
+        assert stopped, f"postgres (pid {pid}) still running after pg_ctl stop; data: {root}"
 
 
 def test_a_stream_dag_runs_on_airflow_with_postgres(postgres: Postgres, tmp_path: Path) -> None:
