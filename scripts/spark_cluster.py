@@ -6,8 +6,8 @@ The pip package has Spark's jars and `bin/spark-class` but not `sbin/start-maste
 master and the workers are started as `spark-class org.apache.spark.deploy.master.Master ...`
 and `... worker.Worker ...`, with the project's Java (`spark_jobs.java_runtime`). Every port is a
 free one (master RPC and web UI, each worker's RPC and web UI), so the cluster runs beside an
-Airflow on 8080 and other clusters. Each process gets its own session, so stopping the cluster
-reaches the executors the workers started too; `stop()` checks that none is left.
+Airflow on 8080 and other clusters. Each process leads its own process group, so stopping the
+cluster reaches the executors the workers started too; `stop()` checks that none is left.
 
 Tests and `bench/cluster.py` use `SparkCluster` as a context manager:
 
