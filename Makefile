@@ -49,4 +49,4 @@ system-deps:  ## Debian packages the integration tests use (chromium, docker-com
 	@scripts/system-deps.sh
 
 clean:  ## remove the virtual env, caches and demo data
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .airflow data
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .airflow .spark-cluster data
