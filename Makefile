@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SYNCED := $(VENV)/.synced
 
-.PHONY: help demo demo-local stop status test test-fast lint format typecheck bench system-deps clean
+.PHONY: help demo demo-local stop status test test-fast lint format typecheck bench bench-quick system-deps clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,8 +42,12 @@ format: $(SYNCED)  ## apply ruff's fixes and formatting
 typecheck: $(SYNCED)  ## mypy on the packages
 	$(BIN)/mypy
 
-bench: $(SYNCED)  ## throughput benchmark (prints ratios against references measured in the same run)
-	$(BIN)/python bench/throughput.py
+bench: $(SYNCED)  ## the performance report: measure everything in one run, write docs/performance.md
+	$(BIN)/python bench/report.py --mode full
+
+BENCH_OUT ?= .cache/bench-quick
+bench-quick: $(SYNCED)  ## the same report on small inputs (about 3 min) into BENCH_OUT, not docs/
+	$(BIN)/python bench/report.py --mode quick --out $(BENCH_OUT)
 
 system-deps:  ## Debian packages the integration tests use (chromium, docker-compose, postgresql)
 	@scripts/system-deps.sh

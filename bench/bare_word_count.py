@@ -11,7 +11,9 @@ For diagnosis, `--tokenizer jobs` swaps `split(value, " ")` for the jobs' tokeni
 
 It takes the same source and query settings as the jobs so that the benchmark compares like with
 like: `--max-files-per-trigger` and `--shuffle-partitions`, and its own `--checkpoint`, whose
-offsets and commits logs the benchmark reads to time the batches.
+offsets and commits logs the benchmark reads to time the batches. `--trigger-interval` runs it as
+a live stream (a micro-batch every INTERVAL until SIGTERM) instead of `availableNow`, for the
+rate sweep of `bench/report.py`.
 
     python bench/bare_word_count.py --input DIR --checkpoint DIR \
         --max-files-per-trigger 2 --shuffle-partitions 8 [--progress FILE]
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -32,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bare_word_count", description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, metavar="DIR", help="folder of text files")
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder")
-    parser.add_argument("--max-files-per-trigger", type=int, required=True, metavar="N")
+    parser.add_argument(
+        "--max-files-per-trigger", type=int, metavar="N", help="default: every new file"
+    )
     parser.add_argument("--shuffle-partitions", type=int, required=True, metavar="N")
     parser.add_argument(
         "--state-store-provider",
@@ -44,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("split", "jobs"),
         default="split",
         help="split: the seed's split(value, ' ') (default); jobs: spark_jobs.tokenizer",
+    )
+    parser.add_argument(
+        "--trigger-interval",
+        metavar="INTERVAL",
+        help="run as a live stream with this processing-time trigger until SIGTERM "
+        "(default: availableNow, process what is there and exit)",
     )
     parser.add_argument(
         "--progress",
@@ -63,31 +75,37 @@ def main(argv: list[str] | None = None) -> int:
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
     if args.state_store_provider:
         spark.conf.set("spark.sql.streaming.stateStore.providerClass", args.state_store_provider)
     try:
-        lines = (
-            spark.readStream.format("text")
-            .option("maxFilesPerTrigger", args.max_files_per_trigger)
-            .load(args.input)
-        )
+        reader = spark.readStream.format("text")
+        if args.max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", args.max_files_per_trigger)
+        lines = reader.load(args.input)
         if args.tokenizer == "jobs":
             from spark_jobs.tokenizer import tokenize
 
             words = tokenize(lines)
         else:
             words = lines.select(F.explode(F.split(lines.value, " ")).alias("word"))
-        query = (
+        writer = (
             words.groupBy("word")
             .count()
             .writeStream.format("noop")
             .outputMode("update")
             .option("checkpointLocation", args.checkpoint)
-            .trigger(availableNow=True)
-            .start()
         )
-        query.awaitTermination()
+        if args.trigger_interval:
+            query = writer.trigger(processingTime=args.trigger_interval).start()
+            while not query.awaitTermination(0.2):
+                if stop.is_set():
+                    query.stop()
+        else:
+            query = writer.trigger(availableNow=True).start()
+            query.awaitTermination()
         if args.progress:
             reports = [json.loads(p.json) for p in query.recentProgress]
             batches = [

@@ -78,6 +78,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 BARE_SCRIPT = Path(__file__).resolve().with_name("bare_word_count.py")
 
 SEED = 20_240_601
@@ -746,9 +748,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shuffle-partitions",
         type=positive,
-        default=8,
+        default=os.cpu_count() or 1,
         metavar="P",
-        help="shuffle partitions for every Spark query (default 8)",
+        help="shuffle partitions for every Spark query (default: the cores, the jobs' own "
+        "default in local[*])",
     )
     parser.add_argument(
         "--repeat", type=positive, default=1, help="runs of each query; >1 reports the median"
@@ -782,8 +785,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
-    """Generate, measure, verify and report. Returns the verification problems."""
+def measure(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[Corpus, dict[str, Measurement], list[str]]:
+    """Generate the corpus, measure every query and verify the sinks.
+
+    Returns the corpus, the measurements by query name (pyarrow first) and the verification
+    problems. `bench/report.py` builds its throughput table from this.
+    """
     corpus_dir, runs_dir = workdir / "corpus", workdir / "runs"
     for owned in (corpus_dir, runs_dir):
         shutil.rmtree(owned, ignore_errors=True)
@@ -815,7 +824,12 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
         progress(f"verifying the sinks{tag}")
         problems += verify_word_count(runs_dir / f"run-{rep}" / "word_count" / "sink", corpus)
         problems += verify_running_total(runs_dir / f"run-{rep}" / "running_total" / "sink", corpus)
+    return corpus, measurements, problems
 
+
+def benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
+    """Generate, measure, verify and report. Returns the verification problems."""
+    corpus, measurements, problems = measure(args, workdir)
     print_report(corpus, list(measurements.values()), args)
     return problems
 

@@ -14,7 +14,6 @@ from typing import NoReturn
 
 SOURCES = ("file", "socket", "rate")
 DEFAULT_TRIGGER_INTERVAL = "1 second"
-DEFAULT_SHUFFLE_PARTITIONS = 8
 EXIT_BAD_ARGS = 2
 
 _UNITS_MS = {
@@ -172,10 +171,9 @@ def common_parser(prog: str, description: str) -> JobArgumentParser:
     run.add_argument(
         "--shuffle-partitions",
         type=positive_int,
-        default=DEFAULT_SHUFFLE_PARTITIONS,
         metavar="N",
-        help=f"partitions of the aggregation (default {DEFAULT_SHUFFLE_PARTITIONS}); a stateful "
-        "query keeps the number it was first started with",
+        help="partitions of the aggregation (default: one per core, Spark's default parallelism); "
+        "a stateful query keeps the number it was first started with",
     )
     run.add_argument(
         "--normalize",

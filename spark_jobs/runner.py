@@ -153,8 +153,13 @@ def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> Start
     generation = resolve_generation(layout, sink, args)
     if removed := sink.remove_incomplete():
         log.info("removed %d partly written batch file(s) from %s", removed, args.sink)
+    # One partition per core by default: each partition of a stateful aggregation is a state
+    # store that loads and commits on every micro-batch, so partitions beyond the cores only add
+    # that fixed cost (docs/performance.md, Tuning). A restarted stateful query keeps the number
+    # recorded in its checkpoint whatever this says.
+    partitions = args.shuffle_partitions or spark.sparkContext.defaultParallelism
     for key, value in {
-        "spark.sql.shuffle.partitions": str(args.shuffle_partitions),
+        "spark.sql.shuffle.partitions": str(partitions),
         **spec.spark_conf,
     }.items():
         spark.conf.set(key, value)

@@ -60,7 +60,7 @@ class StreamSpec:
     trigger_interval: str = "1 second"
     available_now: bool = False
     max_files_per_trigger: int | None = None
-    shuffle_partitions: int = 8
+    shuffle_partitions: int | None = None  # None: the job's default, one per core
     window: str | None = None
     slide: str | None = None
 
@@ -114,7 +114,7 @@ class StreamSpec:
             trigger_interval=str(params.get("trigger_interval") or "1 second"),
             available_now=bool(params.get("available_now", False)),
             max_files_per_trigger=positive("max_files_per_trigger"),
-            shuffle_partitions=positive("shuffle_partitions") or 8,
+            shuffle_partitions=positive("shuffle_partitions"),
             window=(str(params["window"]) if params.get("window") else None),
             slide=(str(params["slide"]) if params.get("slide") else None),
         )
@@ -133,7 +133,8 @@ class StreamSpec:
             args += ["--trigger-interval", self.trigger_interval]
         if self.max_files_per_trigger:
             args += ["--max-files-per-trigger", str(self.max_files_per_trigger)]
-        args += ["--shuffle-partitions", str(self.shuffle_partitions)]
+        if self.shuffle_partitions:
+            args += ["--shuffle-partitions", str(self.shuffle_partitions)]
         if self.job == "word_count" and self.window:
             args += ["--window", self.window]
             if self.slide:

@@ -63,7 +63,14 @@ def stream_params(job: str) -> dict[str, Param]:
         "max_files_per_trigger": Param(
             None, type=["null", "integer"], minimum=1, title="Max files per trigger"
         ),
-        "shuffle_partitions": Param(8, type="integer", minimum=1, title="Shuffle partitions"),
+        "shuffle_partitions": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Shuffle partitions",
+            description="empty: one per core of the Spark cluster; a running stream keeps the "
+            "number its checkpoint started with (rotate to change it)",
+        ),
     }
     if job == "word_count":
         params["window"] = Param(

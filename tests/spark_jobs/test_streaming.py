@@ -133,3 +133,27 @@ def test_sliding_windows_count_each_word_once_per_window(
     assert first.groupby(["window_start", "word"]).size().max() == 1
     assert first.window_start.nunique() == 2
     assert ((first.window_end - first.window_start) == pd.Timedelta(seconds=4)).all()
+
+
+def test_a_checkpoint_keeps_its_shuffle_partitions_when_the_default_changes(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # Given a running_total checkpoint started with 8 shuffle partitions (an earlier default)
+    base = argv(tmp_path, "rt")[:-2]  # without --shuffle-partitions: the current default
+    drop_file(tmp_path / "in", "1.txt", SEED_FIRST)
+    run_available_now(spark, running_total, [*base, "--shuffle-partitions", "8"])
+    # When it restarts after more input with the default, whatever that is now
+    drop_file(tmp_path / "in", "2.txt", SEED_SECOND)
+    run_available_now(spark, running_total, base)
+
+    # Then the totals carry on from the state
+    assert rows(read_sink(tmp_path / "rt-sink"), "total") == {
+        (0, "hello", 2), (0, "spark", 2), (0, "world", 1), (0, "streaming", 1),
+        (1, "hello", 3), (1, "spark", 3),
+    }  # fmt: skip
+    # And the state keeps the 8 partitions its checkpoint started with, in both batches
+    state = tmp_path / "rt-ck" / "state" / "0"
+    assert sorted(int(p.name) for p in state.iterdir() if p.name.isdigit()) == list(range(8))
+    for batch in (0, 1):
+        lines = (tmp_path / "rt-ck" / "offsets" / str(batch)).read_text().splitlines()
+        assert json.loads(lines[1])["conf"]["spark.sql.shuffle.partitions"] == "8"

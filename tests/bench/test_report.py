@@ -1,0 +1,212 @@
+"""The performance report's smoke test: quick mode writes a complete, well-formed report.
+
+It checks the shape of what `bench/report.py --mode quick` writes (every section, the expected
+table columns, numbers where numbers belong, and every plot a valid PNG), never the timings.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SEPARATOR = re.compile(r"^\|(\s*:?-{3,}:?\s*\|)+\s*$")
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+# Section -> the tables it must hold (their header rows), and which of their columns are numbers.
+SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
+    "Targets": [(["target", "ratio", "goal", "result"], ["ratio"])],
+    "Throughput": [
+        (
+            [
+                "query",
+                "batches",
+                "seconds",
+                "words/s",
+                "vs bare",
+                "vs pyarrow",
+                "cpu vs bare",
+                "others",
+            ],
+            ["batches", "seconds", "words/s", "vs bare", "vs pyarrow", "others"],
+        ),
+        (
+            [
+                "query",
+                "sustainable words/s",
+                "vs bare",
+                "vs pyarrow",
+                "vs own capacity",
+                "steps",
+                "last rate",
+                "last backlog s",
+            ],
+            ["sustainable words/s", "vs pyarrow", "steps", "last rate", "last backlog s"],
+        ),
+    ],
+    "Latency": [
+        (
+            [
+                "job",
+                "trigger s",
+                "words/s",
+                "samples",
+                "p50 s",
+                "p95 s",
+                "p99 s",
+                "max s",
+                "p99 / trigger",
+            ],
+            ["trigger s", "words/s", "samples", "p50 s", "p95 s", "p99 s", "max s"],
+        )
+    ],
+    "State scaling": [
+        (
+            [
+                "state store",
+                "distinct words",
+                "batch ms",
+                "vs default",
+                "load ms",
+                "checkpoint MiB",
+                "restart s",
+                "restart batch ms",
+            ],
+            ["distinct words", "batch ms", "vs default", "load ms", "checkpoint MiB"],
+        )
+    ],
+    "Operations": [
+        (["DAG file", "parse s", "vs 0.3 s target"], ["parse s", "vs 0.3 s target"]),
+        (["step", "seconds", "share of downtime"], ["seconds", "share of downtime"]),
+        (
+            ["rows per sink", "seconds", "rows/s", "rows/s vs smallest", "Data Docs s", "peak MB"],
+            ["rows per sink", "seconds", "rows/s", "rows/s vs smallest", "peak MB"],
+        ),
+    ],
+    "Tuning": [
+        (
+            [
+                "job",
+                "workload",
+                "before",
+                "after",
+                "before words/s",
+                "after words/s",
+                "after / before",
+            ],
+            ["before words/s", "after words/s", "after / before"],
+        ),
+        (
+            [
+                "job",
+                "setting",
+                "default",
+                "alternative",
+                "default words/s",
+                "alternative words/s",
+                "alternative / default",
+                "reading",
+            ],
+            ["default words/s", "alternative words/s", "alternative / default"],
+        ),
+    ],
+}
+
+
+def sections(text: str) -> dict[str, str]:
+    """`## Heading` -> the text up to the next such heading."""
+    parts = re.split(r"^## (.+)$", text, flags=re.MULTILINE)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+def tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every markdown table in `text`: its header and its rows of cells."""
+    found: list[tuple[list[str], list[list[str]]]] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and SEPARATOR.match(lines[i + 1]):
+            header = [c.strip() for c in lines[i].strip("|").split("|")]
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            found.append((header, rows))
+        else:
+            i += 1
+    return found
+
+
+def is_number(cell: str) -> bool:
+    """A figure as the report prints it: digits with thousands separators and a decimal point."""
+    try:
+        float(cell.replace(",", ""))
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run quick mode once into a temporary folder."""
+    out = tmp_path_factory.mktemp("performance")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "report.py"), "--mode", "quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "wrote" in done.stdout  # progress lines while it runs
+    return out
+
+
+def test_report_has_every_section_with_its_tables(report: Path) -> None:
+    """Given a quick run, every section holds its tables with numbers where numbers belong."""
+    text = (report / "performance.md").read_text(encoding="utf-8")
+    found = sections(text)
+    for section, expected in SECTIONS.items():
+        assert section in found, f"section {section!r} missing"
+        present = tables(found[section])
+        for header, numeric in expected:
+            matching = [rows for h, rows in present if h == header]
+            assert matching, f"{section}: no table with columns {header}"
+            rows = matching[0]
+            assert rows, f"{section}: table {header} has no rows"
+            for row in rows:
+                assert len(row) == len(header), f"{section}: ragged row {row}"
+                for column in numeric:
+                    cell = row[header.index(column)]
+                    assert is_number(cell), f"{section}: {column} = {cell!r} is not a number"
+
+
+def test_quick_report_never_writes_into_docs(report: Path) -> None:
+    """The smoke run writes only where it was told."""
+    assert report.resolve() != (ROOT / "docs").resolve()
+    assert (report / "performance.md").exists()
+
+
+def test_every_plot_is_a_png(report: Path) -> None:
+    """Each image the report references exists next to it and is a valid PNG."""
+    text = (report / "performance.md").read_text(encoding="utf-8")
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(images) >= 6
+    for relative in images:
+        path = report / relative
+        assert path.is_file(), f"{relative} referenced but missing"
+        data = path.read_bytes()
+        assert data.startswith(PNG_SIGNATURE), f"{relative} is not a PNG"
+        # The IHDR chunk comes first and gives a non-empty image.
+        assert data[12:16] == b"IHDR"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert width > 0
+        assert height > 0
