@@ -35,7 +35,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -298,29 +297,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    args = parse_args(argv)
-    if args.workdir:
-        workdir = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="streamops-bench-cluster-"))
-    try:
-        problems = benchmark(args, workdir)
-    except BenchFailure as failure:
-        problems = [str(failure)]
-        print(f"\nFAIL: {failure}", flush=True)
-    else:
-        if problems:
-            print("\nFAIL: wrong results:")
-            for problem in problems:
-                print(f"  {problem}")
-        else:
-            print("\nverified: every run's sink holds exactly the corpus's per-word counts")
-    if problems:
-        print(f"  (work folder kept for inspection: {workdir})")
-    elif args.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if problems else 0
+    return throughput.run_benchmark(
+        parse_args(argv),
+        benchmark,
+        "streamops-bench-cluster-",
+        "every run's sink holds exactly the corpus's per-word counts",
+    )
 
 
 if __name__ == "__main__":

@@ -834,14 +834,22 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    args = parse_args(argv)
+def run_benchmark(
+    args: argparse.Namespace,
+    benchmark: Callable[[argparse.Namespace, Path], list[str]],
+    prefix: str,
+    verified: str,
+) -> int:
+    """Run `benchmark` in `--workdir` (or a temporary folder) and report its verification.
+
+    The work folder is kept when something failed, so it can be inspected, and removed otherwise
+    unless the user chose it. Returns the exit code: 1 on a failure or a wrong result.
+    """
     if args.workdir:
         workdir = args.workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
     else:
-        workdir = Path(tempfile.mkdtemp(prefix="streamops-bench-"))
+        workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         problems = benchmark(args, workdir)
     except BenchFailure as failure:
@@ -853,12 +861,22 @@ def main(argv: list[str] | None = None) -> int:
             for problem in problems:
                 print(f"  {problem}")
         else:
-            print("\nverified: both sinks hold exactly the corpus's per-word counts")
+            print(f"\nverified: {verified}")
     if problems:
         print(f"  (work folder kept for inspection: {workdir})")
     elif args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    return run_benchmark(
+        parse_args(argv),
+        benchmark,
+        "streamops-bench-",
+        "both sinks hold exactly the corpus's per-word counts",
+    )
 
 
 if __name__ == "__main__":
