@@ -33,8 +33,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +45,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 from spark_jobs.java_runtime import java_home  # noqa: E402
 from spark_jobs.layout import CheckpointLayout  # noqa: E402
 from spark_jobs.status import StreamStatus, read_status  # noqa: E402
+from streamops.cli import request_json  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 DEFAULT_HOME = ROOT / ".airflow"
@@ -389,23 +388,7 @@ class Api:
     def _call(
         self, method: str, path: str, body: object = None, token: str | None = None
     ) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.stack.api_url}{path}", data=data, method=method)
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                raw = response.read()
-                return response.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return err.code, json.loads(raw)
-            except ValueError:
-                return err.code, raw.decode("utf-8", "replace")
+        return request_json(method, f"{self.stack.api_url}{path}", body, token)
 
     def health(self) -> dict[str, Any] | None:
         """`/api/v2/monitor/health` (no login needed), or None while the server is not up."""

@@ -63,6 +63,33 @@ class CliError(Exception):
 # --- Airflow's REST API --------------------------------------------------------------------------
 
 
+def request_json(
+    method: str, url: str, body: object = None, token: str | None = None, timeout: float = 30.0
+) -> tuple[int, Any]:
+    """One JSON request to an Airflow api-server: the HTTP status and the decoded answer.
+
+    An HTTP error status is returned with its body (JSON when it is JSON); a connection failure
+    raises `OSError` (`urllib.error.URLError`).
+    """
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw)
+        except ValueError:
+            return err.code, raw.decode("utf-8", "replace")
+
+
 class Airflow:
     """A small client of the api-server: Airflow's REST API and the Streams plugin's API."""
 
@@ -72,24 +99,9 @@ class Airflow:
         self._token: str | None = os.environ.get("STREAMOPS_AIRFLOW_TOKEN") or None
 
     def _request(self, method: str, path: str, body: object, token: str | None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-                return response.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return err.code, json.loads(raw)
-            except ValueError:
-                return err.code, raw.decode("utf-8", "replace")
-        except (urllib.error.URLError, OSError) as err:
+            return request_json(method, f"{self.url}{path}", body, token, self.timeout)
+        except OSError as err:
             reason = getattr(err, "reason", err)
             raise CliError(
                 f"cannot reach Airflow at {self.url} ({reason}). Is it running (`make status`)? "
