@@ -54,8 +54,11 @@ def test_status_of_an_unknown_stream_names_the_known_ones(
 
 
 def test_unreachable_airflow_exits_3_and_says_what_to_do(
-    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.delenv("STREAMOPS_AIRFLOW_TOKEN", raising=False)
+    monkeypatch.setenv("STREAMOPS_AIRFLOW_USERNAME", "admin")
+    monkeypatch.setenv("STREAMOPS_AIRFLOW_PASSWORD", "secret")
     assert main(["--url", "http://127.0.0.1:9", "status"]) == 3
     err = capsys.readouterr().err
     assert "cannot reach Airflow at http://127.0.0.1:9" in err
