@@ -186,6 +186,17 @@ def common_parser(prog: str, description: str) -> JobArgumentParser:
         help="start a new checkpoint even though --sink already holds batches (the file source "
         "then reads every file in --input again)",
     )
+    run.add_argument(
+        "--stream",
+        metavar="NAME",
+        help="the stream's name, recorded in the checkpoint's lease (default: the job's name)",
+    )
+    run.add_argument(
+        "--owner",
+        metavar="TEXT",
+        help="who started this driver, recorded in the lease (the stream DAGs pass "
+        "'<dag_id>/<run_id>'; default: user@host)",
+    )
     return parser
 
 
@@ -205,6 +216,12 @@ def check_common(parser: JobArgumentParser, args: argparse.Namespace) -> None:
             f"argument --input: folder {args.input!r} does not exist; create it, or point "
             "--input at the folder your writers fill"
         )
+    args.stream = args.stream or parser.prog
+    if not args.owner:
+        import getpass
+        import socket
+
+        args.owner = f"{getpass.getuser()}@{socket.gethostname()} (command line)"
     for name in ("input", "sink", "checkpoint"):
         value = getattr(args, name)
         if value and "://" not in value:

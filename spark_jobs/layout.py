@@ -10,7 +10,7 @@ A checkpoint folder holds Spark's own files and, in `_streamops/`, ours:
         _streamops/
             generation.json   our sink batch id of Spark batch 0 (see `Generation`)
             status.json       the job's progress, written by its listener (see `status.py`)
-            lock.json         who runs the query on this checkpoint (held by the control plane)
+            lease.json        which driver runs the query on this checkpoint (see `lease.py`)
             stop-request      present: stop at the next batch boundary and exit 0
 
 A sink folder is a Parquet dataset, one file per micro-batch:
@@ -73,9 +73,9 @@ class CheckpointLayout:
         return self.root.child(STREAMOPS_DIR, "status.json")
 
     @property
-    def lock_file(self) -> Location:
-        """The control plane's record of who runs the query on this checkpoint."""
-        return self.root.child(STREAMOPS_DIR, "lock.json")
+    def lease_file(self) -> Location:
+        """Which driver runs the query on this checkpoint: its lease (see `lease.py`)."""
+        return self.root.child(STREAMOPS_DIR, "lease.json")
 
     @property
     def stop_request(self) -> Location:

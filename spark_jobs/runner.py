@@ -20,6 +20,7 @@ from pyspark.sql.streaming.query import StreamingQuery
 from spark_jobs.checkpoints import CheckpointCorrupt
 from spark_jobs.checkpoints import validate as validate_checkpoint
 from spark_jobs.layout import CheckpointLayout, Generation
+from spark_jobs.lease import Lease, LeaseHeld, LeaseHolder
 from spark_jobs.listener import StatusListener
 from spark_jobs.session import build_session
 from spark_jobs.sinks import ParquetBatchSink, batch_time_of, format_batch, with_batch_columns
@@ -120,11 +121,15 @@ def stop_at_batch_boundary(
     query.stop()
 
 
-def supervise(query: StreamingQuery, stop: StopRequest) -> None:
+def supervise(
+    query: StreamingQuery,
+    stop: StopRequest,
+    grace_seconds: Callable[[], float] = lambda: STOP_GRACE_SECONDS,
+) -> None:
     """Wait for the query to end: by itself (available-now), by a stop request, or by failing."""
     while not query.awaitTermination(1):
         if stop.is_set():
-            stop_at_batch_boundary(query)
+            stop_at_batch_boundary(query, grace_seconds())
     query.awaitTermination()  # raises StreamingQueryException if the query failed
 
 
@@ -205,17 +210,51 @@ def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> Start
 
 
 def run(spec: JobSpec, args: argparse.Namespace) -> int:
-    """Run a job to its end in its own SparkSession. Returns the process exit code."""
+    """Run a job to its end in its own SparkSession. Returns the process exit code.
+
+    The driver holds the checkpoint's lease (`lease.py`) from before its session starts until
+    after it has stopped: a second driver on the checkpoint exits 2 naming this one.
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    stop = StopRequest(CheckpointLayout.of(args.checkpoint))
+    layout = CheckpointLayout.of(args.checkpoint)
+    stop = StopRequest(layout)
     stop.install()
+    lease = Lease(layout.lease_file, args.stream, args.owner)
+    try:
+        lease.acquire()
+    except LeaseHeld as held:
+        sys.stderr.write(f"{spec.name}: error: --checkpoint {args.checkpoint}: {held}\n")
+        return EXIT_REFUSED
+    lost: list[LeaseHolder | None] = []
+
+    def on_lost(holder: LeaseHolder | None) -> None:
+        # Another driver took the checkpoint over (this one froze past the TTL): stop now,
+        # without finishing the batch, so that only one driver writes the checkpoint.
+        lost.append(holder)
+        log.error(
+            "lost the lease of %s to %s: stopping at once",
+            args.checkpoint,
+            holder.describe() if holder else "nobody",
+        )
+        stop.event.set()
+
+    lease.start_renewing(on_lost)
+    try:
+        return _run_leased(spec, args, stop, lost)
+    finally:
+        lease.release()
+
+
+def _run_leased(
+    spec: JobSpec, args: argparse.Namespace, stop: StopRequest, lost: list[LeaseHolder | None]
+) -> int:
     spark = build_session(f"streamops-{spec.name}")
     try:
         job = start(spark, spec, args)
-        supervise(job.query, stop)
+        supervise(job.query, stop, grace_seconds=lambda: 0.0 if lost else STOP_GRACE_SECONDS)
     except RefusedToStart as refusal:
         sys.stderr.write(f"{spec.name}: error: {refusal}\n")
         return EXIT_REFUSED
@@ -232,5 +271,11 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
         # Let the listener record the termination before the JVM goes away.
         time.sleep(0.5)
         spark.stop()
+    if lost:
+        sys.stderr.write(
+            f"{spec.name}: error: another driver took over --checkpoint {args.checkpoint} "
+            "while this one did not renew its lease; this one stopped\n"
+        )
+        return EXIT_STREAM_FAILED
     log.info("%s stopped after sink batch %s", spec.name, job.sink.last_batch_id())
     return EXIT_OK

@@ -1,7 +1,7 @@
 """Checkpoint actions on a live stream: stop it at a batch boundary, act, and say how to restart.
 
-Used by the `checkpoint_rotation` DAG. The action runs while this task holds the stream's lock,
-so no run of the stream DAG can start on the checkpoint half-way through.
+Used by the `checkpoint_rotation` DAG. The action runs while this task holds the checkpoint's
+lease (`spark_jobs/lease.py`), so no driver can start on the checkpoint half-way through.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Literal
 
 from spark_jobs import checkpoints
 from spark_jobs.layout import CheckpointLayout
+from spark_jobs.lease import Lease, LeaseHeld
 from spark_jobs.storage import Location
 from streamops import registry
-from streamops.locks import StreamLock, StreamLocked
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +38,41 @@ class Outcome:
     restart_conf: dict[str, object]
 
 
-def stop_and_lock(
+def stop_and_lease(
     record: registry.StreamRecord, owner: str, timeout: float = STOP_TIMEOUT_SECONDS
-) -> tuple[StreamLock, bool]:
-    """Stop the stream at a batch boundary if it runs, then hold its lock.
+) -> tuple[Lease, bool]:
+    """Stop the stream at a batch boundary if it runs, then hold its checkpoint's lease.
 
-    Returns the held lock and whether the stream was running (and so should be restarted).
+    Returns the held lease (renewed until released) and whether the stream was running (and so
+    should be restarted).
     """
     layout = CheckpointLayout.of(record.checkpoint)
-    lock = StreamLock(layout.lock_file, owner)
+    lease = Lease(layout.lease_file, record.stream, owner)
     was_running = False
     deadline = time.monotonic() + timeout
     while True:
         try:
-            lock.acquire()
-            return lock, was_running
-        except StreamLocked as locked:
+            lease.acquire()
+            lease.start_renewing(
+                lambda holder: log.error("lost the lease of %s to %s", record.checkpoint, holder)
+            )
+            return lease, was_running
+        except LeaseHeld as held:
             if not was_running:
                 log.info(
-                    "stream %s runs (%s): asking it to stop", record.stream, locked.holder.owner
+                    "stream %s runs (%s): asking it to stop",
+                    record.stream,
+                    held.holder.describe(),
                 )
                 layout.stop_request.write_text_atomic("stop\n")
                 was_running = True
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"stream {record.stream} did not stop within {timeout:.0f} s; its run "
-                    f"{locked.holder.owner} may be stuck mid-batch: check its log, or mark that "
-                    "task failed (which kills the driver) and run this action again"
-                ) from locked
+                    f"stream {record.stream} did not stop within {timeout:.0f} s; its "
+                    f"driver ({held.holder.describe()}) may be stuck mid-batch: check its log, or "
+                    "mark its stream task failed (which stops the driver) and run this action "
+                    "again"
+                ) from held
             time.sleep(2)
 
 
@@ -83,7 +90,7 @@ def run_action(
     layout = CheckpointLayout.of(record.checkpoint)
     store = checkpoints.SnapshotStore.of(layout)
     needs_stop = action in ("rotate", "restore", "snapshot")
-    lock, was_running = stop_and_lock(record, owner) if needs_stop else (None, False)
+    lease, was_running = stop_and_lease(record, owner) if needs_stop else (None, False)
     try:
         before = checkpoints.tree_size(layout.root)
         if action == "snapshot":
@@ -122,8 +129,8 @@ def run_action(
         if action == "prune":
             after = before = checkpoints.tree_size(store.root)
     finally:
-        if lock is not None:
-            lock.release()
+        if lease is not None:
+            lease.release()
     conf = dict(record.params)
     if action == "rotate" and shuffle_partitions:
         conf["shuffle_partitions"] = shuffle_partitions

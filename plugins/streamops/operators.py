@@ -1,30 +1,44 @@
 """`StreamSubmitOperator`: the provider's `SparkSubmitOperator`, made fit for long-running streams.
 
-What it adds to `spark-submit` on the `spark_default` connection:
-- one stream, one query: a lock beside the checkpoint (`locks.py`); a second run is refused with
-  a message naming the running one;
-- supervision: a failed job restarts from its checkpoint with backoff, within a restart budget
-  (`supervision.py`); past the budget the task fails (and alerts, once);
-- a graceful stop: `stream_control` writes a stop request into the checkpoint; the job stops at
-  the next batch boundary and the task ends as a success;
-- no orphan driver: marking the task failed or killing it kills spark-submit and the driver.
+The stream outlives every Airflow process. The task:
+
+1. **adopts or starts** a driver. It reads the checkpoint's lease (`spark_jobs/lease.py`): a live
+   driver started by this same DAG run (a retry, a task the scheduler reset, a resumed deferral)
+   is adopted, never started twice; a live driver of any other run or of a hand-started job is
+   refused with a message naming it. Otherwise it builds the spark-submit command with the
+   provider's `SparkSubmitHook` on `spark_default` and starts it **detached**: in a session of its
+   own, its output appended to `registry.driver_log(stream)`. It returns once the driver holds
+   the lease.
+2. **defers** to `StreamDriverTrigger`, which watches the driver from the triggerer and copies its
+   log into the task log. No worker or pool slot is held while the stream runs; restarting,
+   killing or redeploying the scheduler, workers, triggerer, api-server or dag-processor leaves
+   the driver running.
+3. **resumes** when the driver has ended: a stop it was asked for (`stream_control`, rotation,
+   SIGTERM to the driver) or the end of an available-now run is a success; a failure restarts the
+   driver from its checkpoint after a backoff (a deferral too), within the restart budget kept in
+   the stream's registry record; past the budget the task fails with the last error.
+
+Marking the task failed or success, or clearing it, stops the driver
+(`StreamDriverTrigger.on_kill`).
+
+Cluster deploy mode (the driver runs inside the cluster: Kubernetes, YARN, standalone cluster)
+keeps the provider's own path: the task blocks in `SparkSubmitOperator.execute`, whose durable
+driver tracking reattaches to the driver after a retry; the driver still holds the lease.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 
 from spark_jobs.java_runtime import java_home
 from spark_jobs.packaging import build_py_files
@@ -34,12 +48,16 @@ from streamops.supervision import RestartBudget
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from spark_jobs.layout import CheckpointLayout
+    from spark_jobs.lease import LeaseHolder
     from streamops import registry
-    from streamops.locks import StreamLock
 
-# The checkpoint, status and lock modules use pyarrow's filesystems: they are imported when a
+# The checkpoint, status and lease modules use pyarrow's filesystems: they are imported when a
 # task runs, not when the dag-processor parses a DAG file.
+
+#: How long a new driver may take to start its JVM and take the lease.
+DRIVER_START_TIMEOUT_SECONDS = 180.0
+#: How long a cleared task waits for the driver it is replacing to stop.
+REPLACE_TIMEOUT_SECONDS = 60.0
 
 
 class StreamSubmitOperator(SparkSubmitOperator):
@@ -65,40 +83,56 @@ class StreamSubmitOperator(SparkSubmitOperator):
         super().__init__(**kwargs)
         self.job = job
         self.restart_budget = restart_budget
-        self._spec: StreamSpec | None = None
-        self._lock: StreamLock | None = None
-        # Set by on_kill: the task was marked failed or killed, so never restart the job.
-        self._killed = threading.Event()
 
-    def _prepare(self, context: Context) -> StreamSpec:
+    # -- settings ---------------------------------------------------------------------------
+
+    def _spec(self, context: Context) -> StreamSpec:
         try:
-            spec = StreamSpec.from_params(self.job, dict(context["params"]))
+            return StreamSpec.from_params(self.job, dict(context["params"]))
         except StreamConfigError as err:
             raise AirflowFailException(f"invalid stream settings: {err}") from err
-        self.application_args = spec.application_args()
-        self.py_files = str(build_py_files(Path(tempfile.mkdtemp(prefix="streamops-"))))
-        env = dict(self.env_vars or {})
-        env.setdefault("PYSPARK_PYTHON", sys.executable)
-        if home := java_home():
-            env.setdefault("JAVA_HOME", home)
-        self.env_vars = env
-        return spec
+
+    @staticmethod
+    def _owner(context: Context) -> str:
+        ti = context["ti"]
+        return f"{ti.dag_id}/{ti.run_id}"
+
+    def _budget(self, record: registry.StreamRecord) -> RestartBudget:
+        budget = self.restart_budget or RestartBudget.from_env()
+        return RestartBudget(
+            max_restarts=budget.max_restarts,
+            window_seconds=budget.window_seconds,
+            backoff_seconds=budget.backoff_seconds,
+            max_backoff_seconds=budget.max_backoff_seconds,
+            failures=list(record.failures),
+        )
+
+    # -- entry points -----------------------------------------------------------------------
 
     def execute(self, context: Context) -> None:
-        """Take the stream's lock, then run the job until it ends, restarting it on failure."""
+        """Adopt this run's live driver, or start one; then defer until it ends."""
         from spark_jobs.layout import CheckpointLayout
+        from spark_jobs.lease import LeaseHeld, read_lease
         from streamops import registry
-        from streamops.locks import StreamLock, StreamLocked
 
-        spec = self._spec = self._prepare(context)
+        spec = self._spec(context)
+        owner = self._owner(context)
         layout = CheckpointLayout.of(spec.checkpoint)
+        holder = read_lease(layout.lease_file)
+        if holder is not None and not holder.is_gone():
+            if holder.stream != spec.stream or holder.owner != owner:
+                raise AirflowFailException(
+                    f"stream {spec.stream}: {LeaseHeld(holder, layout.lease_file)}"
+                )
+            if not layout.stop_request.exists():
+                self.log.info("stream %s: adopting its driver, %s", spec.stream, holder.describe())
+                self._watch(context, spec, holder, adopted=True)
+            # A clear of this run stopped its driver: wait for it to end, then start afresh.
+            self._wait_for_end(layout, holder.token, REPLACE_TIMEOUT_SECONDS)
+
         ti = context["ti"]
-        owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}#{ti.try_number}"
-        self._lock = StreamLock(layout.lock_file, owner)
-        try:
-            self._lock.acquire()
-        except StreamLocked as locked:
-            raise AirflowFailException(f"stream {spec.stream}: {locked}") from locked
+        old = registry.load(spec.stream)
+        same_run = old is not None and old.run_id == ti.run_id and old.dag_id == ti.dag_id
         record = registry.StreamRecord(
             stream=spec.stream,
             job=spec.job,
@@ -110,108 +144,287 @@ class StreamSubmitOperator(SparkSubmitOperator):
             dag_id=ti.dag_id,
             run_id=ti.run_id,
             params=dict(context["params"]),
+            # A retry or reset of the same run keeps its budget and history; a new run starts
+            # with a fresh budget.
+            restarts=old.restarts if old and same_run else [],
+            failures=old.failures if old and same_run else [],
+            last_error=old.last_error if old and same_run else None,
         )
-        try:
-            if layout.stop_request.exists():  # left over from an earlier stop
-                layout.stop_request.filesystem.delete_file(layout.stop_request.path)
-            registry.save(record)
-            self._supervise(context, spec, layout, record)
-        finally:
-            self._lock.release()
+        if layout.stop_request.exists():  # left over from an earlier stop
+            layout.stop_request.filesystem.delete_file(layout.stop_request.path)
+        registry.save(record)
+        self._start_and_watch(context, spec, record)
 
-    def _supervise(
+    def execute_complete(
         self,
         context: Context,
-        spec: StreamSpec,
-        layout: CheckpointLayout,
-        record: registry.StreamRecord,
+        event: dict[str, Any] | None = None,
+        pid: int = -1,
+        driver_log: str = "",
+        start_offset: int = 0,
+    ) -> None:
+        """The driver has ended: succeed on a requested stop, restart on a failure."""
+        from spark_jobs.layout import CheckpointLayout
+        from spark_jobs.status import read_status
+        from streamops import registry
+
+        spec = self._spec(context)
+        layout = CheckpointLayout.of(spec.checkpoint)
+        record = registry.load(spec.stream)
+        if record is None:
+            raise AirflowFailException(
+                f"stream {spec.stream}: its registry record is gone; trigger the DAG again"
+            )
+        status = read_status(spec.checkpoint)
+        ours = status is not None and status.pid == pid
+        stop_requested = layout.stop_request.exists()
+        if stop_requested or (ours and status is not None and status.state == "stopped"):
+            if stop_requested:
+                layout.stop_request.filesystem.delete_file(layout.stop_request.path)
+                record.desired = "stopped"
+                self.log.info("stream %s stopped at a batch boundary, as requested", spec.stream)
+            else:
+                record.desired = "stopped"
+                self.log.info("stream %s: the job ended by itself", spec.stream)
+            record.restart_at = None
+            registry.save(record)
+            return
+        reason = (
+            status.exception
+            if ours and status is not None and status.exception
+            else last_error(driver_log, start_offset)
+            or f"the driver (pid {pid}) ended without saying why: killed?"
+        )
+        self._failed(context, spec, record, reason)
+
+    def restart(self, context: Context, event: Any = None) -> None:
+        """The backoff is over: start the driver again, unless the stream was stopped meanwhile."""
+        from spark_jobs.layout import CheckpointLayout
+        from streamops import registry
+
+        spec = self._spec(context)
+        layout = CheckpointLayout.of(spec.checkpoint)
+        record = registry.load(spec.stream)
+        if record is None or record.desired == "stopped" or layout.stop_request.exists():
+            if layout.stop_request.exists():
+                layout.stop_request.filesystem.delete_file(layout.stop_request.path)
+            if record is not None:
+                record.restart_at = None
+                record.desired = "stopped"
+                registry.save(record)
+            self.log.info("stream %s was stopped while waiting to restart", spec.stream)
+            return
+        self.execute(context)
+
+    # -- the driver -------------------------------------------------------------------------
+
+    def _start_and_watch(
+        self, context: Context, spec: StreamSpec, record: registry.StreamRecord
     ) -> None:
         from streamops import registry
 
-        budget = replace(self.restart_budget, failures=[]) if self.restart_budget else None
-        budget = budget or RestartBudget.from_env()
-        while not self._killed.is_set():
-            self.log.info(
-                "stream %s: submitting %s %s", spec.stream, self.job, self.application_args
+        hook = self._get_hook()
+        if hook._connection["deploy_mode"] == "cluster":
+            self._run_in_cluster(context, spec)
+            return
+        log_path = registry.driver_log(spec.stream)
+        try:
+            holder, start_offset = self._start_driver(context, spec, hook, log_path)
+        except DriverExited as exited:
+            if exited.code == 2:  # refused: starting again would not help
+                raise AirflowFailException(f"stream {spec.stream}: {exited.reason}") from exited
+            self._failed(context, spec, record, exited.reason)
+            return
+        record.restart_at = None
+        registry.save(record)
+        self._watch(context, spec, holder, start_offset=start_offset)
+
+    def _application_args(self, context: Context, spec: StreamSpec) -> list[str]:
+        return [
+            *spec.application_args(),
+            "--stream",
+            spec.stream,
+            "--owner",
+            self._owner(context),
+        ]
+
+    def _prepare_submit(self, context: Context, spec: StreamSpec) -> None:
+        self.application_args = self._application_args(context, spec)
+        self.py_files = str(build_py_files(Path(tempfile.mkdtemp(prefix="streamops-"))))
+        env = dict(self.env_vars or {})
+        env.setdefault("PYSPARK_PYTHON", sys.executable)
+        if home := java_home():
+            env.setdefault("JAVA_HOME", home)
+        self.env_vars = env
+        self._hook = None  # rebuilt from the settings above
+
+    def _start_driver(
+        self, context: Context, spec: StreamSpec, hook: Any, log_path: str
+    ) -> tuple[LeaseHolder, int]:
+        """Start spark-submit detached; return the driver's lease once it holds it."""
+        from spark_jobs.layout import CheckpointLayout
+        from spark_jobs.lease import read_lease
+
+        self._prepare_submit(context, spec)
+        hook = self._get_hook()
+        command = hook._build_spark_submit_command(self.application)
+        env = {**os.environ, **(hook._env or {})}
+        layout = CheckpointLayout.of(spec.checkpoint)
+        before = read_lease(layout.lease_file)
+        stale_token = before.token if before else None
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            start_offset = log_file.tell()
+            log_file.write(
+                f"==== {datetime.now(UTC).isoformat(timespec='seconds')} starting the driver of "
+                f"stream {spec.stream} for {self._owner(context)}: "
+                f"{hook._mask_cmd(command)}\n".encode()
             )
-            try:
-                super().execute(context)
-                failure = None
-            except AirflowException as err:
-                failure = err
-            if self._killed.is_set():
-                raise AirflowException(
-                    f"stream {spec.stream}: the task was killed or marked failed; its driver was "
-                    "stopped. Trigger the DAG again to resume from the checkpoint."
-                )
-            if layout.stop_request.exists():
-                layout.stop_request.filesystem.delete_file(layout.stop_request.path)
-                record.desired = "stopped"
-                registry.save(record)
-                self.log.info("stream %s stopped at a batch boundary, as requested", spec.stream)
-                return
-            if failure is None:
-                self.log.info("stream %s: the job ended by itself", spec.stream)
-                if not spec.available_now:
-                    record.desired = "stopped"
-                    registry.save(record)
-                return
-            reason = self._failure_reason(spec, failure)
-            budget.record_failure(time.time())
-            record.restarts = [*record.restarts, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())]
-            record.last_error = reason
-            registry.save(record)
-            if budget.exhausted():
-                raise AirflowFailException(
-                    f"stream {spec.stream}: failed {len(budget.failures)} times in "
-                    f"{budget.window_seconds / 60:.0f} min, restart budget "
-                    f"({budget.max_restarts}) used up; last error: {reason}. Fix the cause, then "
-                    "trigger the DAG again: the job resumes from its checkpoint."
-                )
-            delay = budget.next_delay()
-            self.log.warning(
-                "stream %s failed (%s); restart %d of %d in %.0f s, from the checkpoint",
-                spec.stream,
-                reason,
-                len(budget.failures),
-                budget.max_restarts,
-                delay,
+            log_file.flush()
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # Its own session: no signal sent to the task's process group reaches it, and
+                # it keeps running when the task process exits.
+                start_new_session=True,
             )
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and not self._killed.is_set():
-                if layout.stop_request.exists():
-                    break
-                time.sleep(1)
-        raise AirflowException(
-            f"stream {spec.stream}: the task was killed while waiting to restart"
+        self.log.info(
+            "stream %s: started spark-submit (pid %d), output in %s",
+            spec.stream,
+            process.pid,
+            log_path,
+        )
+        deadline = time.monotonic() + DRIVER_START_TIMEOUT_SECONDS
+        while True:
+            holder = read_lease(layout.lease_file)
+            if (
+                holder is not None
+                and holder.token != stale_token
+                and holder.owner == self._owner(context)
+                and not holder.is_gone()
+            ):
+                self.log.info("stream %s: the driver runs, %s", spec.stream, holder.describe())
+                return holder, start_offset
+            code = process.poll()
+            if code is not None:
+                reason = last_error(log_path, start_offset) or f"spark-submit exited {code}"
+                raise DriverExited(code, reason)
+            if time.monotonic() > deadline:
+                process.kill()
+                raise DriverExited(
+                    1,
+                    f"the driver did not take its lease within {DRIVER_START_TIMEOUT_SECONDS:.0f}"
+                    f" s; see {log_path}",
+                )
+            time.sleep(0.5)
+
+    def _watch(
+        self,
+        context: Context,
+        spec: StreamSpec,
+        holder: LeaseHolder,
+        start_offset: int | None = None,
+        adopted: bool = False,
+    ) -> None:
+        from streamops import registry
+        from streamops.triggers import StreamDriverTrigger
+
+        log_path = registry.driver_log(spec.stream)
+        if start_offset is None:
+            start_offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        self.defer(
+            trigger=StreamDriverTrigger(
+                stream=spec.stream,
+                checkpoint=spec.checkpoint,
+                token=holder.token,
+                driver_log=log_path,
+                log_offset=start_offset,
+            ),
+            method_name="execute_complete",
+            kwargs={"pid": holder.pid, "driver_log": log_path, "start_offset": start_offset},
         )
 
-    def _failure_reason(self, spec: StreamSpec, failure: Exception) -> str:
-        from spark_jobs.status import read_status
+    def _wait_for_end(self, layout: Any, token: str, timeout: float) -> None:
+        from spark_jobs.lease import read_lease
 
-        status = read_status(spec.checkpoint)
-        if status is not None and status.exception:
-            return status.exception
-        return str(failure).splitlines()[0]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            holder = read_lease(layout.lease_file)
+            if holder is None or holder.token != token or holder.is_gone():
+                return
+            time.sleep(1)
+        raise AirflowFailException(
+            f"the driver on {layout.root} did not stop within {timeout:.0f} s of its stop "
+            "request; see its log, then try again"
+        )
 
-    def on_kill(self) -> None:
-        """Kill spark-submit, then the driver if it outlived it, and give the lock back."""
-        from spark_jobs.status import read_status
+    def _run_in_cluster(self, context: Context, spec: StreamSpec) -> None:
+        """Cluster deploy mode: the provider's blocking, durable submission."""
+        self._prepare_submit(context, spec)
+        super().execute(context)
 
-        self._killed.set()
-        super().on_kill()
-        spec = self._spec
-        if spec is not None:
-            status = read_status(spec.checkpoint)
-            if (
-                status is not None
-                and status.host == socket.gethostname()
-                and status.state in ("starting", "running")
-            ):
-                try:
-                    os.kill(status.pid, signal.SIGKILL)
-                    self.log.info("killed driver pid %d of stream %s", status.pid, spec.stream)
-                except ProcessLookupError:
-                    pass
-        if self._lock is not None:
-            self._lock.release()
+    # -- failures ---------------------------------------------------------------------------
+
+    def _failed(
+        self,
+        context: Context,
+        spec: StreamSpec,
+        record: registry.StreamRecord,
+        reason: str,
+    ) -> None:
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        from streamops import registry
+
+        budget = self._budget(record)
+        now = time.time()
+        budget.record_failure(now)
+        record.failures = budget.failures
+        record.restarts = [*record.restarts, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))]
+        record.last_error = reason
+        if budget.exhausted():
+            record.restart_at = None
+            registry.save(record)
+            raise AirflowFailException(
+                f"stream {spec.stream}: failed {len(budget.failures)} times in "
+                f"{budget.window_seconds / 60:.0f} min, restart budget "
+                f"({budget.max_restarts}) used up; last error: {reason}. Fix the cause, then "
+                "trigger the DAG again: the job resumes from its checkpoint."
+            )
+        delay = budget.next_delay()
+        moment = datetime.now(UTC) + timedelta(seconds=delay)
+        record.restart_at = moment.isoformat(timespec="seconds")
+        registry.save(record)
+        self.log.warning(
+            "stream %s failed (%s); restart %d of %d in %.0f s, from the checkpoint",
+            spec.stream,
+            reason,
+            len(budget.failures),
+            budget.max_restarts,
+            delay,
+        )
+        self.defer(trigger=DateTimeTrigger(moment=moment), method_name="restart")
+
+
+class DriverExited(Exception):
+    """spark-submit exited before its driver took the checkpoint's lease."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def last_error(log_path: str, offset: int = 0) -> str | None:
+    """The last `<job>: error: ...` line a driver wrote to its log after `offset`, if any."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    errors = [line for line in text.splitlines() if ": error: " in line]
+    return errors[-1].split(": error: ", 1)[1].strip() if errors else None

@@ -5,8 +5,8 @@ root and judges it with the same rules as the `stream_health` DAG (`streamops.he
 
 - the registry record (`_streamops/streams/<stream>.json`): should it run, restarts, last error;
 - the job's status (`<checkpoint>/_streamops/status.json`): state, recent batches, rates;
-- the checkpoint's lock (`<checkpoint>/_streamops/lock.json`): is a supervisor (a stream DAG
-  task) alive for it;
+- the checkpoint's lease (`<checkpoint>/_streamops/lease.json`, `spark_jobs/lease.py`): which
+  driver holds the checkpoint, and whether it is alive;
 - the input backlog (from the checkpoint's file-source log), the checkpoint's generation, size
   and snapshots;
 - the newest quality result (`_streamops/quality/history.jsonl`) and recent alerts
@@ -20,8 +20,8 @@ Each stream gets one state, for a human at a glance:
 | `starting` | (re)started by its DAG; its job has not reported a batch yet |
 | `falling_behind` | runs, but `falling_behind`, `backlog` or `slow_batches` is breached |
 | `stalled` | its driver is alive but makes no progress |
-| `restarting` | its job failed; the supervisor waits out the backoff and starts it again |
-| `failed` | should run, does not, and no supervisor will restart it (budget used up, task gone) |
+| `restarting` | its job failed; its stream task waits out the backoff and starts it again |
+| `failed` | should run, does not, and nothing will restart it (budget used up, task gone) |
 | `stopped` | stopped on purpose (stream_control, or an available-now run that finished) |
 
 `healthy` is False when the stream has a breach, or is restarting. Nothing here imports Spark or
@@ -41,6 +41,7 @@ from typing import Any, Literal, TypeVar
 
 from spark_jobs.checkpoints import SnapshotStore, tree_size
 from spark_jobs.layout import CheckpointLayout, Generation
+from spark_jobs.lease import read_lease
 from spark_jobs.status import StreamStatus, read_status
 from spark_jobs.storage import Location
 from streamops import registry
@@ -53,7 +54,6 @@ from streamops.health import (
     evaluate,
     parse_time,
 )
-from streamops.locks import DEFAULT_TTL_SECONDS, StreamLock
 
 State = Literal[
     "running", "starting", "falling_behind", "stalled", "restarting", "failed", "stopped"
@@ -130,7 +130,7 @@ class StreamOverview:
     trigger_interval: str | None
     sink: str
     input: str
-    supervisor: str | None
+    lease: str | None
     driver: str | None
     started_at: str | None
     status_updated_at: str | None
@@ -342,9 +342,10 @@ def judge(
     record: registry.StreamRecord,
     status: StreamStatus | None,
     breaches: list[Breach],
-    supervised: bool,
+    restart_pending: bool,
 ) -> tuple[State, bool]:
-    """A stream's state and whether it is healthy, from what `evaluate` found and the lock."""
+    """A stream's state and whether it is healthy, from what `evaluate` found and whether its
+    stream task has a restart pending."""
     signals = {b.signal for b in breaches}
     running_now = (
         status is not None
@@ -354,12 +355,12 @@ def judge(
     if record.desired != "running":
         return ("running" if running_now else "stopped"), True
     restarts = [parse_time(t) for t in record.restarts]
-    if supervised and restarts and (status is None or status.state in ("failed", "stopped")):
+    if restart_pending and restarts and (status is None or status.state in ("failed", "stopped")):
         return "restarting", False
-    if supervised and restarts and status and parse_time(status.updated_at) <= max(restarts):
+    if restart_pending and restarts and status and parse_time(status.updated_at) <= max(restarts):
         return "restarting", False
     if "not_running" in signals:
-        return ("restarting" if supervised and restarts else "failed"), False
+        return ("restarting" if restart_pending and restarts else "failed"), False
     if "stalled" in signals:
         return "stalled", False
     if signals & set(LAGGING):
@@ -369,6 +370,18 @@ def judge(
     if parse_time(status.updated_at) < parse_time(record.updated_at):
         return "starting", not breaches
     return "running", not breaches
+
+
+#: How long after its due time a pending restart still counts: the new driver's JVM start.
+RESTART_GRACE_SECONDS = 300.0
+
+
+def restart_pending(record: registry.StreamRecord, now: datetime) -> bool:
+    """Whether the stream's task waits to start its failed driver again (or is starting it)."""
+    if not record.restart_at:
+        return False
+    due = parse_time(record.restart_at)
+    return (now - due).total_seconds() < RESTART_GRACE_SECONDS
 
 
 def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down)
@@ -384,9 +397,9 @@ def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down
     status = _status(record, problems)
     backlog = _backlog(record, problems, use_cache)
     breaches = evaluate(record, status, now, thresholds, backlog)
-    holder = StreamLock(CheckpointLayout.of(record.checkpoint).lock_file, "overview").read()
-    supervised = holder is not None and not holder.is_stale(DEFAULT_TTL_SECONDS, now.timestamp())
-    state, healthy = judge(record, status, breaches, supervised)
+    holder = read_lease(CheckpointLayout.of(record.checkpoint).lease_file)
+    live = holder is not None and not holder.is_gone(now=now.timestamp())
+    state, healthy = judge(record, status, breaches, restart_pending(record, now))
     last = status.last_batch if status else None
     last_time = parse_time(last.timestamp) if last else None
     updated = parse_time(status.updated_at) if status else None
@@ -402,11 +415,7 @@ def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down
         trigger_interval=record.trigger_interval,
         sink=record.sink,
         input=record.input,
-        supervisor=(
-            f"{holder.owner} (pid {holder.pid} on {holder.host})"
-            if holder is not None and supervised
-            else None
-        ),
+        lease=holder.describe(now.timestamp()) if holder is not None and live else None,
         driver=f"pid {status.pid} on {status.host}" if status else None,
         started_at=status.started_at if status else None,
         status_updated_at=status.updated_at if status else None,

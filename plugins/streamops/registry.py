@@ -1,12 +1,16 @@
 """Which streams exist and whether each should be running: the control plane's own records.
 
-`<data root>/_streamops/streams/<stream>.json` is written by the stream's operator when it starts
-and stops the stream, and read by `stream_health` to find streams that should be running.
+`<data root>/_streamops/streams/<stream>.json` is written by the stream's operator when it starts,
+restarts and stops the stream, and read by `stream_health`, the Streams page and the CLI. It also
+holds the run's restart budget (`failures`) and history (`restarts`), so they survive restarts of
+every Airflow process. Each driver's output goes to `driver_log(stream)`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -33,6 +37,10 @@ class StreamRecord:
     updated_at: str = field(default_factory=utc_now)
     restarts: list[str] = field(default_factory=list)
     last_error: str | None = None
+    # The restart budget's failure times (epoch s) within its window, for the run in `run_id`.
+    failures: list[float] = field(default_factory=list)
+    # When a failed driver is due to be started again; None when no restart is pending.
+    restart_at: str | None = None
     # The Params of the run that started the stream, to start it again the same way.
     params: dict[str, object] = field(default_factory=dict)
 
@@ -40,6 +48,23 @@ class StreamRecord:
 def registry_dir(root: str | None = None) -> Location:
     """The folder of stream records."""
     return Location.of(root or data_root()).child("_streamops", "streams")
+
+
+def driver_log(stream: str, root: str | None = None) -> str:
+    """The local file a stream's drivers write their output to, appended at each start.
+
+    `$STREAMOPS_DRIVER_LOG_DIR/<stream>.log`; by default under the data root
+    (`_streamops/drivers/`), or the system's temporary folder when the data root is a URI.
+    """
+    folder = os.environ.get("STREAMOPS_DRIVER_LOG_DIR")
+    if not folder:
+        base = root or data_root()
+        folder = (
+            os.path.join(tempfile.gettempdir(), "streamops-drivers")
+            if "://" in base
+            else os.path.join(os.path.abspath(base), "_streamops", "drivers")
+        )
+    return os.path.join(folder, f"{stream}.log")
 
 
 def save(record: StreamRecord, root: str | None = None) -> None:
@@ -54,14 +79,20 @@ def load(stream: str, root: str | None = None) -> StreamRecord | None:
     location = registry_dir(root).child(f"{stream}.json")
     if not location.exists():
         return None
-    return StreamRecord(**json.loads(location.read_text()))
+    return _record(json.loads(location.read_text()))
+
+
+def _record(data: dict[str, object]) -> StreamRecord:
+    # Records written by older versions lack the newer fields; unknown ones are ignored.
+    known = StreamRecord.__dataclass_fields__
+    return StreamRecord(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
 
 
 def load_all(root: str | None = None) -> list[StreamRecord]:
     """Every stream's record, by name."""
     folder = registry_dir(root)
     return [
-        StreamRecord(**json.loads(folder.child(info.base_name).read_text()))
+        _record(json.loads(folder.child(info.base_name).read_text()))
         for info in folder.list()
         if info.base_name.endswith(".json") and not info.base_name.startswith(".")
     ]

@@ -1,6 +1,9 @@
-"""`SinkBatchesTrigger`: an asset-watcher trigger that fires when a stream writes new output.
+"""The control plane's triggers: `SinkBatchesTrigger` and `StreamDriverTrigger`.
 
-It runs in Airflow's triggerer, as the `AssetWatcher` of the `stream_sinks` asset that schedules
+`StreamDriverTrigger` watches one running stream driver for its deferred stream task (below).
+
+`SinkBatchesTrigger` fires when a stream writes new output. It runs in Airflow's triggerer, as
+the `AssetWatcher` of the `stream_sinks` asset that schedules
 the `sink_quality` DAG. Every `poll_interval` seconds it lists the sink folder of each registered
 stream (`<data root>/_streamops/streams/*.json`) and fires one event when any sink holds a part
 file newer than the newest it has seen: a new batch, or a batch rewritten by a replay or a
@@ -21,7 +24,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 DEFAULT_POLL_SECONDS = 60.0
 
@@ -101,3 +104,149 @@ class SinkBatchesTrigger(BaseEventTrigger):
             # A broken registry file must not kill the watcher; the cron schedule still runs.
             self.log.exception("cannot list the stream sinks under %s; retrying", self.root)
             return None
+
+
+DRIVER_POLL_SECONDS = 5.0
+#: How long a user's kill (mark failed or success, clear) waits for a graceful stop before it
+#: kills a driver on this host: within `on_kill`'s 30 s limit of the triggerer.
+KILL_GRACE_SECONDS = 15.0
+
+
+def read_new_lines(path: str, offset: int) -> tuple[list[str], int]:
+    """The complete lines appended to a local file since byte `offset`, and the new offset."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(1 << 20)
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    text = data[: end + 1].decode("utf-8", errors="replace")
+    return text.splitlines(), offset + end + 1
+
+
+class StreamDriverTrigger(BaseTrigger):
+    """Watch one stream driver from the triggerer until it ends; fire one event when it has.
+
+    The driver is the holder of the checkpoint's lease with `token` (`spark_jobs/lease.py`). It
+    has ended when the lease is gone, held by another token, or its holder is gone (its process
+    on this host died, or it stopped renewing). Every poll also copies the new lines of the
+    driver's log into the task log, so the run's log in the UI shows what the job says.
+
+    Nothing is kept between polls but the log offset: after a triggerer restart the trigger is
+    rebuilt from its arguments and watches the same driver again (a few log lines may repeat).
+    A triggerer restart or shutdown stops nothing; only a user's action on the task
+    (`on_kill`: mark failed or success, clear) stops the driver.
+    """
+
+    def __init__(
+        self,
+        *,
+        stream: str,
+        checkpoint: str,
+        token: str,
+        driver_log: str,
+        log_offset: int = 0,
+        poll_interval: float = DRIVER_POLL_SECONDS,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.stream = stream
+        self.checkpoint = checkpoint
+        self.token = token
+        self.driver_log = driver_log
+        self.log_offset = int(log_offset)
+        self.poll_interval = float(poll_interval)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The class path and arguments the triggerer re-creates this trigger from."""
+        return (
+            "streamops.triggers.StreamDriverTrigger",
+            {
+                "stream": self.stream,
+                "checkpoint": self.checkpoint,
+                "token": self.token,
+                "driver_log": self.driver_log,
+                "log_offset": self.log_offset,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    def _holder(self) -> Any:
+        from spark_jobs.layout import CheckpointLayout
+        from spark_jobs.lease import read_lease
+
+        return read_lease(CheckpointLayout.of(self.checkpoint).lease_file)
+
+    def _driver_alive(self) -> bool:
+        holder = self._holder()
+        return holder is not None and holder.token == self.token and not holder.is_gone()
+
+    def _copy_log(self) -> None:
+        lines, self.log_offset = read_new_lines(self.driver_log, self.log_offset)
+        for line in lines:
+            self.log.info("driver: %s", line)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll the driver's lease; yield one event when the driver has ended."""
+        while True:
+            await asyncio.to_thread(self._copy_log)
+            try:
+                alive = await asyncio.to_thread(self._driver_alive)
+            except Exception:
+                # Storage trouble is not the driver's end: look again at the next poll.
+                self.log.exception("stream %s: cannot read the lease; retrying", self.stream)
+                alive = True
+            if not alive:
+                await asyncio.to_thread(self._copy_log)
+                self.log.info("stream %s: its driver has ended", self.stream)
+                yield TriggerEvent(  # type: ignore[no-untyped-call]
+                    {"stream": self.stream, "token": self.token, "log_offset": self.log_offset}
+                )
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    async def on_kill(self) -> None:
+        """A user acted on the task: stop the driver at a batch boundary, then kill it if it
+        runs on this host and has not stopped within `KILL_GRACE_SECONDS`."""
+        await asyncio.to_thread(stop_driver, self.checkpoint, self.token, KILL_GRACE_SECONDS)
+        self.log.info("stream %s: its driver was stopped by a user's action", self.stream)
+
+
+def stop_driver(checkpoint: str, token: str | None, grace_seconds: float) -> str:
+    """Stop the driver holding a checkpoint's lease: a stop request and SIGTERM (a graceful stop
+    at the batch boundary), then SIGKILL after `grace_seconds` if it runs on this host.
+
+    `token` limits this to one driver (None: whichever holds the lease). Returns what was done.
+    """
+    import os
+    import signal
+    import time
+
+    from spark_jobs.layout import CheckpointLayout
+    from spark_jobs.lease import read_lease
+
+    layout = CheckpointLayout.of(checkpoint)
+    holder = read_lease(layout.lease_file)
+    if holder is None or (token and holder.token != token) or holder.is_gone():
+        return "no live driver"
+    layout.stop_request.write_text_atomic("stop\n")
+    if holder.process_alive() is None:  # on another host: it reads the stop request
+        return f"asked {holder.describe()} to stop (stop request)"
+    try:
+        os.kill(holder.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return f"{holder.describe()} had already ended"
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if holder.process_alive() is False:
+            return f"stopped {holder.describe()} gracefully"
+        time.sleep(0.5)
+    if holder.process_alive():
+        try:
+            os.kill(holder.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return f"stopped {holder.describe()} gracefully"
+        return f"killed {holder.describe()} after {grace_seconds:.0f} s"
+    return f"stopped {holder.describe()} gracefully"

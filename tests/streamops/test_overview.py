@@ -1,7 +1,7 @@
 """The stream overview (Streams page, API, metrics, CLI) on real files at fixed times.
 
 States come from the same health rules as `stream_health`; these tests pin how breaches, the
-desired state and the supervisor's lock combine into one state per stream.
+desired state and a pending restart combine into one state per stream.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from spark_jobs.layout import CheckpointLayout, Generation
+from spark_jobs.lease import LeaseHolder, process_started
 from spark_jobs.status import write_status
 from streamops import registry
 from streamops.health import Breach, HealthThresholds
-from streamops.locks import LockHolder
-from streamops.overview import clear_cache, judge, overview
+from streamops.overview import clear_cache, judge, overview, restart_pending
 from tests.streamops.test_health import NOW, batch, dead_pid, iso, make_record, make_status
 
 __all__ = ["dead_pid"]  # a fixture, used by name
@@ -36,38 +36,44 @@ RESTARTED = iso(NOW - timedelta(seconds=30))
 
 
 def test_a_healthy_stream_is_running() -> None:
-    assert judge(make_record(), make_status(), [], supervised=True) == ("running", True)
+    assert judge(make_record(), make_status(), [], restart_pending=True) == ("running", True)
 
 
 def test_a_stream_stopped_on_purpose_is_stopped_and_healthy(dead_pid: int) -> None:
     status = make_status(state="stopped", pid=dead_pid)
-    assert judge(make_record(desired="stopped"), status, [], supervised=False) == ("stopped", True)
+    assert judge(make_record(desired="stopped"), status, [], restart_pending=False) == (
+        "stopped",
+        True,
+    )
 
 
 def test_an_available_now_run_still_working_shows_running() -> None:
     assert judge(make_record(desired="stopped"), make_status(), [], False) == ("running", True)
 
 
-def test_a_failed_job_with_a_live_supervisor_is_restarting(dead_pid: int) -> None:
+def test_a_failed_job_with_a_pending_restart_is_restarting(dead_pid: int) -> None:
     record = make_record(restarts=[RESTARTED], updated_at=RESTARTED)
     status = make_status(state="failed", pid=dead_pid, updated_at=iso(NOW - timedelta(seconds=40)))
-    assert judge(record, status, [], supervised=True) == ("restarting", False)
+    assert judge(record, status, [], restart_pending=True) == ("restarting", False)
 
 
 def test_the_restarted_job_reporting_again_is_running_again() -> None:
     record = make_record(restarts=[RESTARTED], updated_at=RESTARTED)
-    assert judge(record, make_status(), [], supervised=True) == ("running", True)
+    assert judge(record, make_status(), [], restart_pending=True) == ("running", True)
 
 
-def test_a_dead_stream_without_supervisor_has_failed(dead_pid: int) -> None:
+def test_a_dead_stream_without_a_pending_restart_has_failed(dead_pid: int) -> None:
     record = make_record(restarts=[RESTARTED])
     status = make_status(state="failed", pid=dead_pid)
-    assert judge(record, status, [breach("not_running")], supervised=False) == ("failed", False)
+    assert judge(record, status, [breach("not_running")], restart_pending=False) == (
+        "failed",
+        False,
+    )
 
 
 @pytest.mark.parametrize("signal", ["falling_behind", "backlog", "slow_batches"])
 def test_lagging_signals_mean_falling_behind(signal: str) -> None:
-    state = judge(make_record(), make_status(), [breach(signal)], supervised=True)
+    state = judge(make_record(), make_status(), [breach(signal)], restart_pending=True)
     assert state == ("falling_behind", False)
 
 
@@ -76,7 +82,7 @@ def test_a_stuck_batch_is_stalled() -> None:
 
 
 def test_a_running_stream_that_failed_recently_is_running_but_unhealthy() -> None:
-    state = judge(make_record(), make_status(), [breach("last_exception")], supervised=True)
+    state = judge(make_record(), make_status(), [breach("last_exception")], restart_pending=True)
     assert state == ("running", False)
 
 
@@ -126,10 +132,17 @@ def data_root(tmp_path: Path, dead_pid: int) -> Path:
             last_batch=replace(batches[-1], state_rows=123),
         )
     )
-    holder = LockHolder("word_count_stream/run/stream#1", socket.gethostname(), os.getpid(), "t", 0)
-    layout.lock_file.write_text_atomic(
-        json.dumps({**holder.__dict__, "heartbeat": NOW.timestamp()})
+    holder = LeaseHolder(
+        stream="word_count",
+        owner="word_count_stream/run",
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        pid_started=process_started(os.getpid()),
+        token="t",
+        since=NOW.timestamp() - 60,
+        renewed=NOW.timestamp(),
     )
+    layout.lease_file.write_text_atomic(json.dumps(holder.__dict__))
     snapshot = Path(running.checkpoint + ".snapshots") / "20260105T110000Z"
     snapshot.mkdir(parents=True)
     (snapshot / "snapshot.json").write_text(
@@ -187,8 +200,9 @@ def test_overview_reads_every_stream_from_its_files(data_root: Path) -> None:
     assert words.state_rows == 123
     assert [b.batch_id for b in words.recent_batches] == [40, 41, 42, 43, 44]
     assert words.backlog_files == 1
-    assert words.supervisor is not None
-    assert "word_count_stream/run/stream#1" in words.supervisor
+    assert words.lease is not None
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in words.lease
+    assert "started by word_count_stream/run" in words.lease
     assert words.checkpoint.generation == 2
     assert words.checkpoint.size_bytes is not None
     assert words.checkpoint.size_bytes > 0
@@ -205,9 +219,8 @@ def test_overview_flags_a_dead_stream_that_should_run(data_root: Path, dead_pid:
     record = registry.load("word_count", str(data_root))
     assert record is not None
     write_status(make_status(checkpoint=record.checkpoint, state="failed", pid=dead_pid))
-    CheckpointLayout.of(record.checkpoint).lock_file.filesystem.delete_file(
-        CheckpointLayout.of(record.checkpoint).lock_file.path
-    )
+    lease = CheckpointLayout.of(record.checkpoint).lease_file
+    lease.filesystem.delete_file(lease.path)
     view = overview(str(data_root), now=NOW, thresholds=HealthThresholds(), use_cache=False)
 
     words = view.streams[1]
@@ -233,10 +246,18 @@ def test_an_empty_data_root_has_no_streams(tmp_path: Path) -> None:
     assert view.healthy
 
 
-def test_the_lock_of_a_gone_supervisor_does_not_count(data_root: Path) -> None:
+def test_the_lease_of_a_gone_driver_does_not_count(data_root: Path) -> None:
     record = registry.load("word_count", str(data_root))
     assert record is not None
-    stale = LockHolder("x", "elsewhere", 1, "t", NOW.timestamp() - 3600)
-    CheckpointLayout.of(record.checkpoint).lock_file.write_text_atomic(json.dumps(stale.__dict__))
+    stale = LeaseHolder("word_count", "x", "elsewhere", 1, None, "t", 0, NOW.timestamp() - 3600)
+    CheckpointLayout.of(record.checkpoint).lease_file.write_text_atomic(json.dumps(stale.__dict__))
     view = overview(str(data_root), now=NOW, thresholds=HealthThresholds(), use_cache=False)
-    assert view.streams[1].supervisor is None
+    assert view.streams[1].lease is None
+
+
+def test_a_restart_due_soon_is_pending_and_one_long_overdue_is_not() -> None:
+    soon = make_record(restart_at=iso(NOW + timedelta(seconds=20)))
+    overdue = make_record(restart_at=iso(NOW - timedelta(hours=1)))
+    assert restart_pending(soon, NOW)
+    assert not restart_pending(overdue, NOW)
+    assert not restart_pending(make_record(), NOW)

@@ -1,0 +1,251 @@
+"""One stream, one query: the lease a driver holds on its checkpoint while its query runs.
+
+Spark refuses a second query on a checkpoint only inside one SparkSession. Two drivers (a retry,
+a double trigger, a hand-started job beside a supervised one) would both write the checkpoint and
+corrupt it. So the driver itself takes `<checkpoint>/_streamops/lease.json` before its query
+starts, renews it six times per TTL while it lives and gives it back when it exits. Whatever
+started the driver (Airflow, `python -m spark_jobs.word_count`, spark-submit by hand), a second
+driver on the same checkpoint is refused.
+
+A holder that is gone is taken over:
+- it ran on this host and its process is gone: the pid is dead, a zombie, or now belongs to a
+  process that started at another time (pids are reused, e.g. by a restarted container);
+- or it has not renewed for `DEFAULT_TTL_SECONDS` (a driver on another host, or a frozen one).
+
+A driver that finds its lease taken over (it froze for longer than the TTL and another driver
+started) must stop at once: `Lease.start_renewing` calls its `on_lost` callback.
+
+The control plane reads the same file: the stream task adopts the live driver of its own run,
+`checkpoint_rotation` takes the lease while it rewrites a checkpoint, the Streams page and the CLI
+show the holder. Only the standard library, psutil and `storage` are imported, so DAG files and
+the api-server may import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from pyarrow import fs as pafs
+
+from spark_jobs.storage import Location
+
+#: A lease not renewed for this long is taken over. Six renewals: a driver survives a GC pause or
+#: a slow object store of up to a minute without losing its lease.
+DEFAULT_TTL_SECONDS = float(os.environ.get("STREAMOPS_LEASE_TTL_SECONDS", "60"))
+
+
+def process_started(pid: int) -> float | None:
+    """When process `pid` of this host started (epoch seconds), or None if it is gone.
+
+    A zombie (exited, not yet reaped by its parent) counts as gone.
+    """
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(process.create_time())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return -1.0  # alive, but not ours to inspect
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds a lease, as written in the lease file."""
+
+    stream: str
+    #: Who started the holder: `<dag_id>/<run_id>` for a stream DAG run, a description otherwise.
+    owner: str
+    host: str
+    pid: int
+    #: The holder process's start time (epoch s): tells a live holder from a reused pid.
+    pid_started: float | None
+    token: str
+    since: float
+    renewed: float
+
+    def is_local(self) -> bool:
+        """Whether the holder runs on this host."""
+        return self.host == socket.gethostname()
+
+    def process_alive(self) -> bool | None:
+        """Whether the holder's process still runs; None when it runs on another host."""
+        if not self.is_local():
+            return None
+        started = process_started(self.pid)
+        if started is None:
+            return False
+        if started < 0 or self.pid_started is None:
+            return True
+        # psutil's start times are rounded to clock ticks: allow a second either way.
+        return abs(started - self.pid_started) < 1.0
+
+    def is_gone(self, ttl_seconds: float = DEFAULT_TTL_SECONDS, now: float | None = None) -> bool:
+        """Whether the holder may be taken over: its process is gone, or it stopped renewing."""
+        if (now or time.time()) - self.renewed > ttl_seconds:
+            return True
+        return self.process_alive() is False
+
+    def describe(self, now: float | None = None) -> str:
+        """One line naming the holder: stream, host, pid, owner, since when, last renewal."""
+        age = (now or time.time()) - self.renewed
+        return (
+            f"stream {self.stream}, pid {self.pid} on {self.host} (started by {self.owner}), "
+            f"since {_iso(self.since)}, last renewed {age:.0f} s ago"
+        )
+
+
+class LeaseHeld(Exception):
+    """Another live holder runs the query on this checkpoint."""
+
+    def __init__(self, holder: LeaseHolder, lease_file: Location) -> None:
+        super().__init__(
+            f"checkpoint is leased by {holder.describe()} (lease {lease_file}). Stop that driver "
+            f"first (stream_control, or SIGTERM to pid {holder.pid}); a lease not renewed for "
+            f"{DEFAULT_TTL_SECONDS:.0f} s is taken over."
+        )
+        self.holder = holder
+
+
+UNREADABLE = LeaseHolder("?", "unreadable lease file", "?", -1, None, "", 0.0, 0.0)
+
+
+def read_lease(lease_file: Location) -> LeaseHolder | None:
+    """The current holder of a lease file, or None when nobody holds it.
+
+    A file that cannot be parsed is returned as `UNREADABLE` (renewed at epoch 0, so it is taken
+    over): a half-written lease must never block a stream forever.
+    """
+    try:
+        return LeaseHolder(**json.loads(lease_file.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):
+        return UNREADABLE if lease_file.exists() else None
+
+
+class Lease:
+    """The lease of one checkpoint, taken by one process for one stream."""
+
+    def __init__(
+        self,
+        lease_file: Location,
+        stream: str,
+        owner: str,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    ) -> None:
+        self.lease_file = lease_file
+        self.stream = stream
+        self.owner = owner
+        self.ttl_seconds = ttl_seconds
+        self.token = uuid.uuid4().hex
+        self.since = time.time()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _holder(self) -> LeaseHolder:
+        pid = os.getpid()
+        return LeaseHolder(
+            stream=self.stream,
+            owner=self.owner,
+            host=socket.gethostname(),
+            pid=pid,
+            pid_started=process_started(pid),
+            token=self.token,
+            since=self.since,
+            renewed=time.time(),
+        )
+
+    def read(self) -> LeaseHolder | None:
+        """The current holder, or None when nobody holds the lease."""
+        return read_lease(self.lease_file)
+
+    def _create_exclusive(self) -> bool:
+        data = json.dumps(asdict(self._holder())).encode()
+        if isinstance(self.lease_file.filesystem, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(self.lease_file.path), exist_ok=True)
+            try:
+                fd = os.open(self.lease_file.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return True
+        # Object stores have no exclusive create: write, wait, and check that we won.
+        if self.lease_file.exists():
+            return False
+        self.lease_file.write_bytes_atomic(data)
+        time.sleep(1.0)
+        holder = self.read()
+        return holder is not None and holder.token == self.token
+
+    def acquire(self) -> None:
+        """Take the lease, taking over one whose holder is gone.
+
+        Raises `LeaseHeld` if a live holder has it.
+        """
+        for _ in range(3):
+            if self._create_exclusive():
+                return
+            holder = self.read()
+            if holder is None:
+                continue
+            if not holder.is_gone(self.ttl_seconds):
+                raise LeaseHeld(holder, self.lease_file)
+            # Move the dead holder's lease aside: of two processes taking over, one move wins.
+            aside = Location(
+                self.lease_file.filesystem, f"{self.lease_file.path}.gone-{self.token}"
+            )
+            try:
+                self.lease_file.filesystem.move(self.lease_file.path, aside.path)
+                self.lease_file.filesystem.delete_file(aside.path)
+            except (FileNotFoundError, OSError):
+                continue
+        raise LeaseHeld(self.read() or UNREADABLE, self.lease_file)
+
+    def renew(self) -> bool:
+        """Write a fresh renewal time. False (and nothing written) when the lease was taken over."""
+        holder = self.read()
+        if holder is None or holder.token != self.token:
+            return False
+        self.lease_file.write_text_atomic(json.dumps(asdict(self._holder())))
+        return True
+
+    def start_renewing(self, on_lost: Callable[[LeaseHolder | None], None]) -> None:
+        """Renew in a background thread every `ttl_seconds / 6`; call `on_lost` if taken over."""
+        interval = self.ttl_seconds / 6
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    kept = self.renew()
+                except OSError:
+                    continue  # a storage hiccup: the next renewal tries again within the TTL
+                if not kept:
+                    on_lost(self.read())
+                    return
+
+        self._renewer = threading.Thread(target=loop, name="stream-lease-renewer", daemon=True)
+        self._renewer.start()
+
+    def release(self) -> None:
+        """Give the lease back, if we still hold it."""
+        self._stop.set()
+        holder = self.read()
+        if holder is not None and holder.token == self.token:
+            self.lease_file.filesystem.delete_file(self.lease_file.path)
