@@ -36,6 +36,12 @@ redeploy of DAGs needed): `STREAMOPS_HEALTH_STALL_MULTIPLE`,
 `STREAMOPS_HEALTH_SCHEDULE` (a cron expression, default `* * * * *`), read when this file is
 parsed.
 
+**Orphan drivers.** A stream's driver runs apart from Airflow and is watched by its deferred
+stream task. A driver whose stream DAG run is no longer active (the run was deleted, or ended
+while its driver lived on) is an orphan: `stop_orphan_drivers` asks it to stop at the next batch
+boundary (stop request and SIGTERM) and says so once, so no driver outlives its run by more than
+one health interval. Drivers started by hand, outside Airflow, are left alone.
+
 Trigger it by hand with *Stream* set to check one stream now.
 """
 
@@ -159,7 +165,36 @@ with DAG(
             "backlog_files": backlog.files if backlog else None,
         }
 
+    @task
+    def stop_orphan_drivers() -> list[str]:
+        """Ask every live driver whose stream DAG run is no longer active to stop."""
+        from airflow.sdk import get_current_context
+
+        from streamops import registry
+        from streamops.supervision import orphan_drivers
+        from streamops.triggers import stop_driver
+
+        ti = get_current_context()["ti"]
+
+        def run_state(dag_id: str, run_id: str) -> str | None:
+            try:
+                return str(ti.get_dagrun_state(dag_id=dag_id, run_id=run_id))
+            except Exception:  # the run was deleted
+                return None
+
+        stopped = []
+        for record, holder in orphan_drivers(registry.load_all(), run_state):
+            done = stop_driver(record.checkpoint, holder.token, grace_seconds=0, kill=False)
+            if done:
+                print(
+                    f"stream {record.stream}: its driver ({holder.describe()}) has no active "
+                    f"run of {holder.owner}: {done}"
+                )
+                stopped.append(record.stream)
+        return stopped
+
     check_stream.expand(stream=list_streams())
+    stop_orphan_drivers()
 
 
 if __name__ == "__main__":

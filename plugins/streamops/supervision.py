@@ -1,4 +1,5 @@
-"""When to restart a failed stream: exponential backoff inside a bounded restart budget.
+"""When to restart a failed stream (exponential backoff inside a bounded restart budget), and which
+drivers have outlived their run (`orphan_drivers`).
 
 Defaults: at most 5 restarts in any 30 minutes; waits of 10 s, 20 s, 40 s ... capped at 5 min.
 Past the budget the operator stops restarting and fails, which alerts once. Each default can be
@@ -10,7 +11,13 @@ STREAMOPS_RESTART_MAX_BACKOFF_SECONDS.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spark_jobs.lease import LeaseHolder
+    from streamops import registry
 
 DEFAULT_MAX_RESTARTS = 5
 DEFAULT_WINDOW_SECONDS = 30 * 60.0
@@ -56,3 +63,31 @@ class RestartBudget:
         """Seconds to wait before the next restart: doubling with each failure in the window."""
         exponent = max(len(self.failures) - 1, 0)
         return float(min(self.backoff_seconds * 2**exponent, self.max_backoff_seconds))
+
+
+#: States of a stream DAG run whose driver is not an orphan.
+ACTIVE_RUN_STATES = frozenset({"queued", "running"})
+
+
+def orphan_drivers(
+    records: list[registry.StreamRecord], run_state: Callable[[str, str], str | None]
+) -> list[tuple[registry.StreamRecord, LeaseHolder]]:
+    """The live drivers started by a stream DAG run that is no longer active.
+
+    `run_state(dag_id, run_id)` gives a run's state (None when the run does not exist). Drivers
+    started by hand (an owner that is not `<dag_id>/<run_id>` of a stream DAG) are left alone.
+    """
+    from spark_jobs.layout import CheckpointLayout
+    from spark_jobs.lease import read_lease
+
+    orphans = []
+    for record in records:
+        holder = read_lease(CheckpointLayout.of(record.checkpoint).lease_file)
+        if holder is None or holder.is_gone() or "/" not in holder.owner:
+            continue
+        dag_id, run_id = holder.owner.split("/", 1)
+        if not dag_id.endswith("_stream"):
+            continue
+        if run_state(dag_id, run_id) not in ACTIVE_RUN_STATES:
+            orphans.append((record, holder))
+    return orphans

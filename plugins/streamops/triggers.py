@@ -214,11 +214,15 @@ class StreamDriverTrigger(BaseTrigger):
         self.log.info("stream %s: its driver was stopped by a user's action", self.stream)
 
 
-def stop_driver(checkpoint: str, token: str | None, grace_seconds: float) -> str:
+def stop_driver(
+    checkpoint: str, token: str | None, grace_seconds: float, kill: bool = True
+) -> str | None:
     """Stop the driver holding a checkpoint's lease: a stop request and SIGTERM (a graceful stop
-    at the batch boundary), then SIGKILL after `grace_seconds` if it runs on this host.
+    at the batch boundary), then, with `kill`, SIGKILL after `grace_seconds` if it runs on this
+    host.
 
-    `token` limits this to one driver (None: whichever holds the lease). Returns what was done.
+    `token` limits this to one driver (None: whichever holds the lease). Returns what was done,
+    or None when the driver had already been asked to stop (so a caller says it once).
     """
     import os
     import signal
@@ -231,6 +235,8 @@ def stop_driver(checkpoint: str, token: str | None, grace_seconds: float) -> str
     holder = read_lease(layout.lease_file)
     if holder is None or (token and holder.token != token) or holder.is_gone():
         return "no live driver"
+    if not kill and layout.stop_request.exists():
+        return None
     layout.stop_request.write_text_atomic("stop\n")
     if holder.process_alive() is None:  # on another host: it reads the stop request
         return f"asked {holder.describe()} to stop (stop request)"
@@ -238,6 +244,8 @@ def stop_driver(checkpoint: str, token: str | None, grace_seconds: float) -> str
         os.kill(holder.pid, signal.SIGTERM)
     except ProcessLookupError:
         return f"{holder.describe()} had already ended"
+    if not kill:
+        return f"asked {holder.describe()} to stop (stop request and SIGTERM)"
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
         if holder.process_alive() is False:

@@ -85,6 +85,7 @@ def running_stream(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, which a test may kill as a whole
     )
     try:
         deadline = time.monotonic() + timeout

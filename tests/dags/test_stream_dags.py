@@ -1,8 +1,10 @@
-"""The stream DAGs on a real Airflow: submission through SparkSubmitOperator, the lock, the
-restart budget and the graceful stop."""
+"""The stream DAGs on a real Airflow (`airflow dags test`, which runs the deferred task's trigger
+in-process): submission through SparkSubmitHook, the lease, the restart budget, the graceful stop,
+and a driver that outlives the Airflow process that started it."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -11,9 +13,10 @@ import pandas as pd
 import pytest
 
 from spark_jobs.layout import CheckpointLayout
+from spark_jobs.lease import Lease, process_started
 from spark_jobs.status import read_status
 from streamops import registry
-from streamops.locks import StreamLock
+from streamops.triggers import stop_driver
 from tests.conftest import drop_file
 from tests.dags.conftest import airflow_env, dags_test, run_state, running_stream
 
@@ -34,18 +37,18 @@ def test_stream_dag_submits_the_job_and_fills_the_sink(airflow_home: Path, tmp_p
     assert dict(zip(counts.word, counts["count"], strict=True)) == {
         "hello": 2, "spark": 2, "world": 1, "streaming": 1,
     }  # fmt: skip
-    # And the lock is released and the stream recorded as not expected to run
-    assert not (tmp_path / "streams/word_count/checkpoint/_streamops/lock.json").exists()
+    # And the driver gave its lease back, and the stream is recorded as not expected to run
+    assert not (tmp_path / "streams/word_count/checkpoint/_streamops/lease.json").exists()
     record = registry.load("word_count", str(tmp_path))
     assert record is not None
     assert record.desired == "stopped"
 
 
 def test_second_run_on_a_running_stream_is_refused(airflow_home: Path, tmp_path: Path) -> None:
-    # Given a live owner holding the stream's checkpoint
+    # Given a live driver of another run holding the stream's checkpoint
     (tmp_path / "streams/running_total/input").mkdir(parents=True)
     layout = CheckpointLayout.of(str(tmp_path / "streams/running_total/checkpoint"))
-    holder = StreamLock(layout.lock_file, "running_total_stream/manual__first/run_stream#1")
+    holder = Lease(layout.lease_file, "running_total", "running_total_stream/manual__first")
     holder.acquire()
     try:
         # When another run of the stream DAG starts
@@ -57,7 +60,8 @@ def test_second_run_on_a_running_stream_is_refused(airflow_home: Path, tmp_path:
     # Then it fails at once, naming the running one, and never submitted a job
     assert run_state(result) == "failed"
     output = result.stdout + result.stderr
-    assert "stream running_total: already running as running_total_stream/manual__first" in output
+    assert "stream running_total: checkpoint is leased by stream running_total" in output
+    assert "(started by running_total_stream/manual__first)" in output
     assert read_status(layout.root.path) is None
 
 
@@ -106,33 +110,44 @@ def test_stream_control_stops_a_stream_at_a_batch_boundary(
     assert not (tmp_path / "streams/word_count/checkpoint/_streamops/stop-request").exists()
 
 
-def test_killing_the_task_stops_the_driver_and_never_restarts_it(
+def test_the_driver_outlives_the_airflow_process_that_started_it(
     airflow_home: Path, tmp_path: Path
 ) -> None:
     # Given a running stream
     drop_file(tmp_path / "streams/word_count/input", "1.txt", SEED)
     checkpoint = tmp_path / "streams/word_count/checkpoint"
     env = airflow_env(airflow_home, tmp_path)
-    with running_stream("word_count_stream", checkpoint, env, until="running") as stream:
+    with running_stream("word_count_stream", checkpoint, env) as stream:
         status = read_status(str(checkpoint))
         assert status is not None
-        # When the task is killed (Airflow sends SIGTERM, and the task runs on_kill)
-        stream.send_signal(signal.SIGTERM)
-        output, _ = stream.communicate(timeout=120)
-    # Then the driver is gone, no spark-submit of this data root is left, and nothing restarted
-    assert f"killed driver pid {status.pid}" in output or "Sending kill signal" in output
-    time.sleep(3)
-    assert not Path(f"/proc/{status.pid}").exists()
-    leftovers = [
-        p for p in Path("/proc").iterdir()
-        if p.name.isdigit() and str(tmp_path) in _cmdline(p)
-    ]  # fmt: skip
-    assert leftovers == []
-    assert "submitting" not in output.split("Sending kill signal")[-1]
-
-
-def _cmdline(proc: Path) -> str:
+        # When the Airflow process (and its whole process group) is killed
+        os.killpg(stream.pid, signal.SIGKILL)
+        stream.wait()
     try:
-        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+        # Then the driver keeps running and committing batches from new input
+        drop_file(tmp_path / "streams/word_count/input", "2.txt", "after the kill\n")
+        deadline = time.monotonic() + 60
+        while True:
+            now = read_status(str(checkpoint))
+            if now is not None and now.last_batch and now.last_batch.batch_id > 0:
+                break
+            assert time.monotonic() < deadline, "the driver made no batch after the kill"
+            time.sleep(1)
+        assert now.pid == status.pid
+        assert Path(f"/proc/{status.pid}").exists()
+    finally:
+        # Stopped by its pid, which this test started (through Airflow)
+        stop_driver(str(checkpoint), None, grace_seconds=60)
+    assert wait_gone(status.pid, 30)
+    final = read_status(str(checkpoint))
+    assert final is not None
+    assert final.state == "stopped"
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_started(pid) is None:
+            return True
+        time.sleep(0.5)
+    return False

@@ -1,0 +1,224 @@
+"""Streams outlive Airflow: real Airflow components, restarted and killed under running streams.
+
+One stack of separate Airflow processes (api-server, scheduler with LocalExecutor, dag-processor,
+triggerer on SQLite) runs both stream DAGs on a file feed. The test restarts and kills its parts
+the ways deploys and crashes do and checks, after each, that the same drivers still run, that
+batches go on, that the stream runs are deferred (no worker slot held) and none failed. Then it
+stops both streams with `stream_control`, checks both sinks exactly, kills everything drivers
+included, and checks that the streams come back by themselves from Airflow alone. A driver
+SIGKILL is restarted within the backoff, and marking the task failed through the REST API stops
+the driver without a restart.
+
+Why the bound on gaps (`BATCH_BOUND_SECONDS`): the drivers never stop, so a new file is in both
+sinks a few 1-second triggers after it lands; 45 s leaves room for a 2-core machine that is busy
+starting Airflow's components at the same moment.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spark_jobs.layout import CheckpointLayout
+from spark_jobs.lease import LeaseHolder, process_started, read_lease
+from streamops import registry
+from tests.conftest import drop_file
+from tests.dags.airflow_processes import AirflowProcesses, wait_for
+
+pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.slow]
+
+STREAMS = {"word_count_stream": "word_count", "running_total_stream": "running_total"}
+BATCH_BOUND_SECONDS = 45.0
+CONF = {"shuffle_partitions": 1, "trigger_interval": "1 second"}
+
+
+class Feed:
+    """Files dropped into both streams' inputs, and the word counts they add up to."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.expected: collections.Counter[str] = collections.Counter()
+        self.n = 0
+
+    def drop(self) -> str:
+        """Drop one new file into both inputs; the file's one new word."""
+        self.n += 1
+        marker = f"file{self.n:03d}"
+        text = f"{marker} spark airflow spark\nstreams {marker}\n"
+        for stream in STREAMS.values():
+            drop_file(self.root / "streams" / stream / "input", f"{marker}.txt", text)
+        self.expected.update(text.split())
+        return marker
+
+
+def sink_counts(root: Path, stream: str) -> dict[str, int]:
+    """Each word's count as the sink says it: summed per batch, or the newest running total."""
+    sink = root / "streams" / stream / "sink"
+    if not any(sink.glob("*.parquet")):
+        return {}
+    frame = pd.read_parquet(sink)
+    if stream == "word_count":
+        return {str(k): int(v) for k, v in frame.groupby("word")["count"].sum().items()}
+    newest = frame.sort_values("batch_id").groupby("word").tail(1)
+    return {str(w): int(t) for w, t in zip(newest.word, newest.total, strict=True)}
+
+
+def in_both_sinks(root: Path, word: str) -> bool:
+    return all(word in sink_counts(root, stream) for stream in STREAMS.values())
+
+
+def lease(root: Path, stream: str) -> LeaseHolder | None:
+    holder = read_lease(
+        CheckpointLayout.of(str(root / "streams" / stream / "checkpoint")).lease_file
+    )
+    return holder if holder is not None and not holder.is_gone() else None
+
+
+def drivers(root: Path) -> dict[str, int]:
+    """The pid of each stream's live driver."""
+    return {s: h.pid for s in STREAMS.values() if (h := lease(root, s)) is not None}
+
+
+def check_undisturbed(
+    airflow: AirflowProcesses, root: Path, feed: Feed, runs: dict[str, str], pids: dict[str, int]
+) -> float:
+    """The same drivers run, a new file reaches both sinks, the runs are deferred and none
+    failed. Returns the seconds the new file took to reach both sinks."""
+    assert drivers(root) == pids
+    marker = feed.drop()
+    t0 = time.monotonic()
+    wait_for(lambda: in_both_sinks(root, marker), BATCH_BOUND_SECONDS, f"{marker} in both sinks")
+    took = time.monotonic() - t0
+    assert drivers(root) == pids
+    for dag_id, run_id in runs.items():
+        assert airflow.run_state(dag_id, run_id) == "running"
+        state = wait_for(
+            lambda d=dag_id, r=run_id: airflow.task_state(d, r) == "deferred",
+            60,
+            f"{dag_id} to be deferred",
+        )
+        assert state
+    return took
+
+
+def test_streams_survive_every_restart_of_airflow_and_come_back_after_a_full_outage(  # noqa: PLR0915
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "data"
+    feed = Feed(root)
+    airflow = AirflowProcesses(
+        tmp_path / "airflow",
+        root,
+        STREAMOPS_RESTART_BACKOFF_SECONDS="2",
+    )
+    try:
+        # Given both stream DAGs running on a file feed
+        feed.drop()
+        airflow.start()
+        runs = {dag_id: airflow.trigger(dag_id, CONF) for dag_id in STREAMS}
+        wait_for(lambda: in_both_sinks(root, "file001"), 300, "the first batch in both sinks")
+        pids = wait_for(lambda: (d := drivers(root)) if len(d) == 2 else None, 60, "2 drivers")
+        check_undisturbed(airflow, root, feed, runs, pids)
+
+        # Then no stream task holds a worker slot while its stream runs
+        running = airflow.api("GET", "/api/v2/dags/~/dagRuns/~/taskInstances?state=running")
+        assert running["total_entries"] == 0, running
+        pools = airflow.api("GET", "/api/v2/pools/default_pool")
+        assert pools["occupied_slots"] == 0, pools
+
+        took: dict[str, float] = {}
+        # When the scheduler gets SIGTERM (a deploy), then starts again
+        airflow.restart("scheduler", signal.SIGTERM)
+        took["scheduler SIGTERM"] = check_undisturbed(airflow, root, feed, runs, pids)
+        # When the scheduler is SIGKILLed (a crash), then starts again
+        airflow.restart("scheduler", signal.SIGKILL)
+        took["scheduler SIGKILL"] = check_undisturbed(airflow, root, feed, runs, pids)
+        # When the triggerer is SIGKILLed, then starts again (not a user's kill: nothing stops)
+        airflow.restart("triggerer", signal.SIGKILL)
+        took["triggerer SIGKILL"] = check_undisturbed(airflow, root, feed, runs, pids)
+        # When the api-server restarts
+        airflow.restart("api-server", signal.SIGTERM)
+        took["api-server restart"] = check_undisturbed(airflow, root, feed, runs, pids)
+        # When all of Airflow is killed at once, then started again
+        airflow.stop_all(signal.SIGKILL)
+        airflow.start()
+        took["all of Airflow SIGKILL"] = check_undisturbed(airflow, root, feed, runs, pids)
+        print("seconds for a new file to reach both sinks after each restart:", took)
+        # And no second driver ever started: each driver log holds exactly one start
+        for stream in STREAMS.values():
+            log = Path(registry.driver_log(stream, str(root))).read_text()
+            assert log.count("==== ") == 1, log[-3000:]
+
+        # When a driver is SIGKILLed, its task restarts it from the checkpoint within the backoff
+        os.kill(pids["word_count"], signal.SIGKILL)
+        killed_at = time.monotonic()
+        new = wait_for(
+            lambda: (h := lease(root, "word_count")) and h.pid != pids["word_count"] and h,
+            120,
+            "a new word_count driver",
+        )
+        marker = feed.drop()
+        wait_for(lambda: in_both_sinks(root, marker), 120, f"{marker} after the driver restart")
+        print(f"driver kill to first batch of the new driver: {time.monotonic() - killed_at:.1f} s")
+        pids["word_count"] = new.pid
+        record = registry.load("word_count", str(root))
+        assert record is not None
+        assert len(record.restarts) == 1
+
+        # When both streams are stopped with stream_control
+        for stream in STREAMS.values():
+            airflow.trigger("stream_control", {"stream": stream, "action": "stop"})
+        for dag_id, run_id in runs.items():
+            wait_for(
+                lambda d=dag_id, r=run_id: airflow.run_state(d, r) == "success", 180, f"{d} success"
+            )
+        # Then both sinks hold exactly what was fed
+        for stream in STREAMS.values():
+            assert sink_counts(root, stream) == dict(feed.expected), stream
+        assert drivers(root) == {}
+
+        # Given both streams running again, when everything is killed, drivers included
+        runs = {dag_id: airflow.trigger(dag_id, CONF) for dag_id in STREAMS}
+        pids = wait_for(lambda: (d := drivers(root)) if len(d) == 2 else None, 180, "2 drivers")
+        airflow.stop_all(signal.SIGKILL)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: all(process_started(p) is None for p in pids.values()), 30, "the kill")
+        marker = feed.drop()
+        # And only Airflow is started again
+        airflow.start()
+        # Then each stream comes back by itself, and its sink is exact
+        wait_for(lambda: in_both_sinks(root, marker), 300, f"{marker} after the full outage")
+        back = drivers(root)
+        assert set(back) == set(STREAMS.values())
+        assert not set(back.values()) & set(pids.values())
+        for stream in STREAMS.values():
+            assert sink_counts(root, stream) == dict(feed.expected), stream
+
+        # When the word_count task is marked failed through the REST API
+        dag_id, run_id = "word_count_stream", runs["word_count_stream"]
+        driver = back["word_count"]
+        airflow.api(
+            "PATCH",
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/run_stream",
+            {"new_state": "failed"},
+        )
+        marked = time.monotonic()
+        # Then its driver is gone within the kill bound, and nothing restarts it
+        wait_for(lambda: process_started(driver) is None, 60, "the driver to stop")
+        print(f"mark failed to driver gone: {time.monotonic() - marked:.1f} s")
+        time.sleep(10)
+        assert lease(root, "word_count") is None
+        assert airflow.run_state(dag_id, run_id) == "failed"
+    finally:
+        airflow.stop_all(signal.SIGTERM)
+        for stream in STREAMS.values():
+            holder = lease(root, stream)
+            if holder is not None and holder.process_alive():
+                os.kill(holder.pid, signal.SIGKILL)
