@@ -4,15 +4,20 @@
 Runs the **running_total** Spark Structured Streaming job: each word's cumulative count over
 every batch so far, kept as streaming state (RocksDB) in the checkpoint.
 
-**Trigger** this DAG to start the stream; the run lasts as long as the stream does. The job is
-submitted with `SparkSubmitOperator` on the `spark_default` connection (its master and deploy
-mode decide where the driver runs). Paths are relative to the data root.
+**Trigger** this DAG to start the stream; the run lasts as long as the stream does. The driver
+is started with spark-submit, built by the Spark provider's `SparkSubmitHook` on the
+`spark_default` connection (its master and deploy mode decide where the driver runs), detached
+from Airflow: restarting any Airflow component leaves it running. The task then **defers**: it
+holds no worker slot while the stream runs, and the triggerer copies the driver's log into this
+task's log. Paths are relative to the data root.
 
-- A second run on the same checkpoint is refused while one is running.
-- A failed job restarts from its checkpoint with backoff: at most 5 restarts in 30 minutes, then
-  the task fails and alerts.
+- The driver holds its checkpoint's lease: a second driver on the checkpoint is refused, naming
+  the one that runs. A retry of this run adopts its live driver instead of starting another.
+- A failed driver restarts from its checkpoint with backoff: at most 5 restarts in 30 minutes,
+  then the task fails and alerts.
 - **Stop** the stream with the `stream_control` DAG (action *stop*): it ends at a batch boundary
-  and this run succeeds. Marking the task failed kills the driver.
+  and this run succeeds. Marking the task failed or success, or clearing it, stops the driver
+  (SIGKILL after 15 s).
 
 Sink: Parquet, one file per micro-batch, columns `batch_id, batch_time, word, total`,
 one row per word whose total changed in that batch.

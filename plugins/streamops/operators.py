@@ -225,7 +225,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
 
         hook = self._get_hook()
         if hook._connection["deploy_mode"] == "cluster":
-            self._run_in_cluster(context, spec)
+            self._run_in_cluster(context, spec, record)
             return
         log_path = registry.driver_log(spec.stream)
         try:
@@ -361,10 +361,29 @@ class StreamSubmitOperator(SparkSubmitOperator):
             "request; see its log, then try again"
         )
 
-    def _run_in_cluster(self, context: Context, spec: StreamSpec) -> None:
-        """Cluster deploy mode: the provider's blocking, durable submission."""
+    def _run_in_cluster(
+        self, context: Context, spec: StreamSpec, record: registry.StreamRecord
+    ) -> None:
+        """Cluster deploy mode: the provider's blocking, durable submission, then the same
+        outcome as a detached driver's (success on a stop, a backoff and restart on a failure)."""
+        from airflow.sdk.exceptions import AirflowException
+
+        from spark_jobs.layout import CheckpointLayout
+        from streamops import registry
+
         self._prepare_submit(context, spec)
-        super().execute(context)
+        try:
+            super().execute(context)
+        except AirflowException as err:
+            self._failed(context, spec, record, str(err).splitlines()[0])
+            return
+        layout = CheckpointLayout.of(spec.checkpoint)
+        if layout.stop_request.exists():
+            layout.stop_request.filesystem.delete_file(layout.stop_request.path)
+        record.desired = "stopped"
+        record.restart_at = None
+        registry.save(record)
+        self.log.info("stream %s: its driver ended as asked, or by itself", spec.stream)
 
     # -- failures ---------------------------------------------------------------------------
 

@@ -85,6 +85,12 @@ def drivers(root: Path) -> dict[str, int]:
     return {s: h.pid for s in STREAMS.values() if (h := lease(root, s)) is not None}
 
 
+def both_drivers(root: Path) -> dict[str, int] | None:
+    """Both streams' driver pids, once both drivers hold their leases."""
+    found = drivers(root)
+    return found if len(found) == len(STREAMS) else None
+
+
 def check_undisturbed(
     airflow: AirflowProcesses, root: Path, feed: Feed, runs: dict[str, str], pids: dict[str, int]
 ) -> float:
@@ -123,7 +129,7 @@ def test_streams_survive_every_restart_of_airflow_and_come_back_after_a_full_out
         airflow.start()
         runs = {dag_id: airflow.trigger(dag_id, CONF) for dag_id in STREAMS}
         wait_for(lambda: in_both_sinks(root, "file001"), 300, "the first batch in both sinks")
-        pids = wait_for(lambda: (d := drivers(root)) if len(d) == 2 else None, 60, "2 drivers")
+        pids = wait_for(lambda: both_drivers(root), 60, "both drivers")
         check_undisturbed(airflow, root, feed, runs, pids)
 
         # Then no stream task holds a worker slot while its stream runs
@@ -176,7 +182,9 @@ def test_streams_survive_every_restart_of_airflow_and_come_back_after_a_full_out
             airflow.trigger("stream_control", {"stream": stream, "action": "stop"})
         for dag_id, run_id in runs.items():
             wait_for(
-                lambda d=dag_id, r=run_id: airflow.run_state(d, r) == "success", 180, f"{d} success"
+                lambda d=dag_id, r=run_id: airflow.run_state(d, r) == "success",
+                180,
+                f"{dag_id} to succeed",
             )
         # Then both sinks hold exactly what was fed
         for stream in STREAMS.values():
@@ -185,7 +193,7 @@ def test_streams_survive_every_restart_of_airflow_and_come_back_after_a_full_out
 
         # Given both streams running again, when everything is killed, drivers included
         runs = {dag_id: airflow.trigger(dag_id, CONF) for dag_id in STREAMS}
-        pids = wait_for(lambda: (d := drivers(root)) if len(d) == 2 else None, 180, "2 drivers")
+        pids = wait_for(lambda: both_drivers(root), 180, "both drivers")
         airflow.stop_all(signal.SIGKILL)
         for pid in pids.values():
             os.kill(pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ import pytest
 
 from spark_jobs.lease import Lease, LeaseHeld, LeaseHolder, process_started, read_lease
 from spark_jobs.storage import Location
+from tests.conftest import job_command
 
 
 def lease_at(tmp_path: Path, owner: str, stream: str = "word_count", ttl: float = 60) -> Lease:
@@ -150,3 +151,41 @@ def test_renewal_moves_the_renewal_time_and_a_takeover_is_reported(tmp_path: Pat
     assert lost[0].owner == "thief"
     lease.release()
     assert lease.read().owner == "thief"  # type: ignore[union-attr]
+
+
+def test_a_job_started_by_hand_on_a_leased_checkpoint_exits_2_naming_the_holder(
+    tmp_path: Path,
+) -> None:
+    # Given a live driver (this process) holding the checkpoint's lease
+    (tmp_path / "in").mkdir()
+    checkpoint = tmp_path / "ck"
+    holder = Lease(
+        Location.of(str(checkpoint / "_streamops" / "lease.json")),
+        "word_count",
+        "word_count_stream/manual__2026-11-30",
+    )
+    holder.acquire()
+    try:
+        # When a second driver is started by hand on the same checkpoint
+        done = subprocess.run(
+            job_command(
+                "word_count",
+                *("--input", str(tmp_path / "in"), "--sink", str(tmp_path / "sink")),
+                *("--checkpoint", str(checkpoint)),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        holder.release()
+    # Then it exits 2 with one line naming the holder, before touching the checkpoint or sink
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"word_count: error: --checkpoint {checkpoint}: checkpoint is ")
+    assert f"leased by stream word_count, pid {os.getpid()} on {socket.gethostname()}" in lines[0]
+    assert "(started by word_count_stream/manual__2026-11-30), since 20" in lines[0]
+    assert "last renewed" in lines[0]
+    assert not (tmp_path / "sink").exists()
