@@ -11,8 +11,10 @@ from Airflow: restarting any Airflow component leaves it running. The task then 
 holds no worker slot while the stream runs, and the triggerer copies the driver's log into this
 task's log. Paths are relative to the data root.
 
-- The driver holds its checkpoint's lease: a second driver on the checkpoint is refused, naming
-  the one that runs. A retry of this run adopts its live driver instead of starting another.
+- Each run is one stream; up to `$STREAMOPS_MAX_STREAMS_PER_JOB` (default 32) run at once. A run
+  for a stream another active run already runs is refused, naming that run. The driver holds its
+  checkpoint's lease: a second driver on the checkpoint is refused, naming the one that runs.
+  A retry of this run adopts its live driver instead of starting another.
 - A failed driver restarts from its checkpoint with backoff: at most 5 restarts in 30 minutes,
   then the task fails and alerts.
 - **Stop** the stream with the `stream_control` DAG (action *stop*): it ends at a batch boundary
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG
 
+from streamops.config import streams_per_job
 from streamops.operators import StreamSubmitOperator
 from streamops.params import stream_params
 
@@ -33,7 +36,8 @@ with DAG(
     dag_id="word_count_stream",
     schedule=None,
     catchup=False,
-    max_active_runs=1,
+    # One run per stream; many streams of this job at once.
+    max_active_runs=streams_per_job(),
     doc_md=__doc__,
     params=stream_params("word_count"),
     tags=["streaming", "spark"],

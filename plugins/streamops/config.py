@@ -30,6 +30,15 @@ class StreamConfigError(ValueError):
     """A stream setting is invalid; the message names the setting and what to do."""
 
 
+DEFAULT_STREAMS_PER_JOB = 32
+
+
+def streams_per_job() -> int:
+    """How many streams of one job (concurrent runs of its DAG) may run at once:
+    `$STREAMOPS_MAX_STREAMS_PER_JOB`, default 32. Read when a DAG file is parsed."""
+    return int(os.environ.get("STREAMOPS_MAX_STREAMS_PER_JOB", DEFAULT_STREAMS_PER_JOB))
+
+
 def data_root() -> str:
     """Where inputs, sinks and checkpoints live: a local folder or a URI (`s3://bucket/x`)."""
     return os.environ.get("STREAMOPS_DATA_ROOT", str(REPO_ROOT / "data")).rstrip("/")

@@ -133,6 +133,11 @@ class StreamSubmitOperator(SparkSubmitOperator):
         ti = context["ti"]
         old = registry.load(spec.stream)
         same_run = old is not None and old.run_id == ti.run_id and old.dag_id == ti.dag_id
+        if old is not None and not same_run and old.run_id and self._run_active(ti, old):
+            raise AirflowFailException(
+                f"stream {spec.stream} is already run by {old.dag_id}/{old.run_id}; stop it first "
+                "(stream_control), or give this stream another name"
+            )
         record = registry.StreamRecord(
             stream=spec.stream,
             job=spec.job,
@@ -215,6 +220,16 @@ class StreamSubmitOperator(SparkSubmitOperator):
             self.log.info("stream %s was stopped while waiting to restart", spec.stream)
             return
         self.execute(context)
+
+    @staticmethod
+    def _run_active(ti: Any, record: registry.StreamRecord) -> bool:
+        from streamops.supervision import ACTIVE_RUN_STATES
+
+        try:
+            state = ti.get_dagrun_state(dag_id=record.dag_id, run_id=record.run_id)
+        except Exception:  # the run was deleted
+            return False
+        return str(state) in ACTIVE_RUN_STATES
 
     # -- the driver -------------------------------------------------------------------------
 
