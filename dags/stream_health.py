@@ -171,24 +171,19 @@ with DAG(
         from airflow.sdk import get_current_context
 
         from streamops import registry
-        from streamops.supervision import orphan_drivers
+        from streamops.supervision import dagrun_state, orphan_drivers
         from streamops.triggers import stop_driver
 
         ti = get_current_context()["ti"]
-
-        def run_state(dag_id: str, run_id: str) -> str | None:
-            try:
-                return str(ti.get_dagrun_state(dag_id=dag_id, run_id=run_id))
-            except Exception:  # the run was deleted
-                return None
-
         stopped = []
-        for record, holder in orphan_drivers(registry.load_all(), run_state):
+        for record, holder in orphan_drivers(
+            registry.load_all(), lambda dag_id, run_id: dagrun_state(ti, dag_id, run_id)
+        ):
             done = stop_driver(record.checkpoint, holder.token, grace_seconds=0, kill=False)
             if done:
                 print(
                     f"stream {record.stream}: its driver ({holder.describe()}) has no active "
-                    f"run of {holder.owner}: {done}"
+                    f"run of its DAG: {done}"
                 )
                 stopped.append(record.stream)
         return stopped

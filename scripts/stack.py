@@ -173,9 +173,9 @@ def stack_env(stack: Stack, worker_log_port: int, trigger_log_port: int) -> dict
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             # LocalExecutor forks `parallelism` worker processes up front (about 2 GB of RSS
-            # with the default 32), and each running task holds one worker. A stream task holds
-            # its worker for the stream's whole life, so 8 covers the two streams, stream_health,
-            # a quality check and stream_control runs, with room to spare, on 2 cores.
+            # with the default 32), and each running task holds one worker. A running stream's
+            # task is deferred and holds none, so 8 covers streams starting, stream_health, a
+            # quality check and stream_control runs, with room to spare, on 2 cores.
             "AIRFLOW__CORE__PARALLELISM": "8",
             # How often the DAG folder is listed for new or deleted files (default 300 s).
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
@@ -703,10 +703,9 @@ Feed your own text
             printf 'hello spark\\nhello world\\n' > {wc_input}/.mine.txt
             mv {wc_input}/.mine.txt {wc_input}/mine.txt
           running_total reads {rt_input}: put a copy there too.
-  socket  The seed's `nc -lk 9999` workflow: run `nc -lk 9999` in a terminal. word_count_stream
-          runs one stream at a time, so first stop the file stream (trigger stream_control with
-          stream = word_count), then trigger word_count_stream with source = socket and a new
-          stream name (e.g. word_count_socket: its own sink and checkpoint) and type into nc.
+  socket  The seed's `nc -lk 9999` workflow: run `nc -lk 9999` in a terminal, then trigger
+          word_count_stream with source = socket and a new stream name (e.g. word_count_socket:
+          its own sink and checkpoint; it runs beside the file stream) and type into nc.
 
   on call bin/streamops status   (exit 0 when every stream is healthy; docs/runbook.md)
           bin/streamops stop word_count --wait, start word_count, restart, rotate, ...

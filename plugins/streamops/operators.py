@@ -170,11 +170,22 @@ class StreamSubmitOperator(SparkSubmitOperator):
     ) -> None:
         """The driver has ended: succeed on a requested stop, restart on a failure."""
         from spark_jobs.layout import CheckpointLayout
+        from spark_jobs.lease import read_lease
         from spark_jobs.status import read_status
         from streamops import registry
 
         spec = self._spec(context)
         layout = CheckpointLayout.of(spec.checkpoint)
+        holder = read_lease(layout.lease_file)
+        if (
+            holder is not None
+            and not holder.is_gone()
+            and holder.owner == self._owner(context)
+            and not layout.stop_request.exists()
+        ):
+            # The trigger took a slow renewal for the driver's end: it still runs, watch it again.
+            self.log.info("stream %s: its driver still runs, %s", spec.stream, holder.describe())
+            self._watch(context, spec, holder)
         record = registry.load(spec.stream)
         if record is None:
             raise AirflowFailException(
@@ -223,13 +234,12 @@ class StreamSubmitOperator(SparkSubmitOperator):
 
     @staticmethod
     def _run_active(ti: Any, record: registry.StreamRecord) -> bool:
-        from streamops.supervision import ACTIVE_RUN_STATES
+        from streamops.supervision import ACTIVE_RUN_STATES, dagrun_state
 
         try:
-            state = ti.get_dagrun_state(dag_id=record.dag_id, run_id=record.run_id)
-        except Exception:  # the run was deleted
+            return dagrun_state(ti, record.dag_id, record.run_id) in ACTIVE_RUN_STATES
+        except Exception:  # cannot tell: the lease still guards the checkpoint
             return False
-        return str(state) in ACTIVE_RUN_STATES
 
     # -- the driver -------------------------------------------------------------------------
 

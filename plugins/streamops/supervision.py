@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from spark_jobs.lease import LeaseHolder
@@ -69,14 +69,33 @@ class RestartBudget:
 ACTIVE_RUN_STATES = frozenset({"queued", "running"})
 
 
+def dagrun_state(ti: Any, dag_id: str, run_id: str) -> str | None:
+    """A DAG run's state as a plain string (`"running"`, ...), asked through a running task's
+    `ti`; None when the run does not exist. Any other error is raised: never act on a guess."""
+    try:
+        state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+    except Exception as err:
+        # In a worker: AirflowRuntimeError naming 'not_found'; under dag.test(): the API
+        # client's ServerResponseError, whose response says 404.
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status == 404 or "not_found" in repr(err):
+            return None
+        raise
+    # The Task SDK returns its own enum, whose str() is "DagRunState.RUNNING".
+    return str(getattr(state, "value", state))
+
+
 def orphan_drivers(
     records: list[registry.StreamRecord], run_state: Callable[[str, str], str | None]
 ) -> list[tuple[registry.StreamRecord, LeaseHolder]]:
     """The live drivers started by a stream DAG run that is no longer active.
 
-    `run_state(dag_id, run_id)` gives a run's state (None when the run does not exist). Drivers
-    started by hand (an owner that is not `<dag_id>/<run_id>` of a stream DAG) are left alone.
+    `run_state(dag_id, run_id)` gives a run's state (None when the run does not exist). A run
+    whose state cannot be read is not taken for ended. Drivers started by hand (an owner that is
+    not `<dag_id>/<run_id>` of a stream DAG) are left alone.
     """
+    import logging
+
     from spark_jobs.layout import CheckpointLayout
     from spark_jobs.lease import read_lease
 
@@ -88,6 +107,16 @@ def orphan_drivers(
         dag_id, run_id = holder.owner.split("/", 1)
         if not dag_id.endswith("_stream"):
             continue
-        if run_state(dag_id, run_id) not in ACTIVE_RUN_STATES:
+        try:
+            state = run_state(dag_id, run_id)
+        except Exception as err:
+            logging.getLogger(__name__).warning(
+                "stream %s: cannot tell whether run %s is active (%s); left alone",
+                record.stream,
+                holder.owner,
+                err,
+            )
+            continue
+        if state not in ACTIVE_RUN_STATES:
             orphans.append((record, holder))
     return orphans

@@ -210,8 +210,8 @@ class StreamDriverTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """A user acted on the task: stop the driver at a batch boundary, then kill it if it
         runs on this host and has not stopped within `KILL_GRACE_SECONDS`."""
-        await asyncio.to_thread(stop_driver, self.checkpoint, self.token, KILL_GRACE_SECONDS)
-        self.log.info("stream %s: its driver was stopped by a user's action", self.stream)
+        done = await asyncio.to_thread(stop_driver, self.checkpoint, self.token, KILL_GRACE_SECONDS)
+        self.log.info("stream %s: a user acted on the task; its driver: %s", self.stream, done)
 
 
 def stop_driver(
@@ -239,22 +239,22 @@ def stop_driver(
         return None
     layout.stop_request.write_text_atomic("stop\n")
     if holder.process_alive() is None:  # on another host: it reads the stop request
-        return f"asked {holder.describe()} to stop (stop request)"
+        return "asked it to stop (stop request; it runs on another host)"
     try:
         os.kill(holder.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return f"{holder.describe()} had already ended"
+        return "it had already ended"
     if not kill:
-        return f"asked {holder.describe()} to stop (stop request and SIGTERM)"
+        return "asked it to stop at the next batch boundary (stop request and SIGTERM)"
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
         if holder.process_alive() is False:
-            return f"stopped {holder.describe()} gracefully"
+            return "it stopped gracefully"
         time.sleep(0.5)
     if holder.process_alive():
         try:
             os.kill(holder.pid, signal.SIGKILL)
         except ProcessLookupError:
-            return f"stopped {holder.describe()} gracefully"
-        return f"killed {holder.describe()} after {grace_seconds:.0f} s"
-    return f"stopped {holder.describe()} gracefully"
+            return "it stopped gracefully"
+        return f"killed it (SIGKILL) after {grace_seconds:.0f} s"
+    return "it stopped gracefully"

@@ -7,7 +7,8 @@ batches go on, that the stream runs are deferred (no worker slot held) and none 
 stops both streams with `stream_control`, checks both sinks exactly, kills everything drivers
 included, and checks that the streams come back by themselves from Airflow alone. A driver
 SIGKILL is restarted within the backoff, and marking the task failed through the REST API stops
-the driver without a restart.
+the driver without a restart. `stream_health` runs every minute meanwhile: its orphan check must
+never stop a driver whose run is active.
 
 Why the bound on gaps (`BATCH_BOUND_SECONDS`): the drivers never stop, so a new file is in both
 sinks a few 1-second triggers after it lands; 45 s leaves room for a 2-core machine that is busy
@@ -124,9 +125,12 @@ def test_streams_survive_every_restart_of_airflow_and_come_back_after_a_full_out
         STREAMOPS_RESTART_BACKOFF_SECONDS="2",
     )
     try:
-        # Given both stream DAGs running on a file feed
+        # Given both stream DAGs running on a file feed, and stream_health checking them (and
+        # looking for orphan drivers) every minute throughout
         feed.drop()
         airflow.start()
+        wait_for(lambda: airflow.dag_parsed("stream_health"), 180, "stream_health to be parsed")
+        airflow.api("PATCH", "/api/v2/dags/stream_health", {"is_paused": False})
         runs = {dag_id: airflow.trigger(dag_id, CONF) for dag_id in STREAMS}
         wait_for(lambda: in_both_sinks(root, "file001"), 300, "the first batch in both sinks")
         pids = wait_for(lambda: both_drivers(root), 60, "both drivers")

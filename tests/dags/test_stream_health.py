@@ -11,17 +11,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from spark_jobs.layout import CheckpointLayout
+from spark_jobs.lease import LeaseHolder, process_started
 from spark_jobs.status import StreamStatus, write_status
 from streamops import registry
 from streamops.notifiers import StreamAlertNotifier
+from streamops.supervision import dagrun_state
 from tests.conftest import ROOT
 from tests.dags.conftest import airflow_env, run_state
 
@@ -169,3 +174,65 @@ def test_parsing_the_dag_imports_no_spark_pandas_or_expectations() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.airflow
+def test_a_driver_whose_stream_run_is_gone_is_stopped_once(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    # Given a live process holding a stream's lease for a stream DAG run that does not exist
+    # (deleted), and one started by hand, which is not Airflow's to stop
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    by_hand = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        for stream, proc, owner in (
+            ("word_count", orphan, "word_count_stream/manual__2026-01-05T12:00:00+00:00"),
+            ("mine", by_hand, "me@laptop (command line)"),
+        ):
+            checkpoint = register(tmp_path, stream)
+            holder = LeaseHolder(
+                stream=stream,
+                owner=owner,
+                host=socket.gethostname(),
+                pid=proc.pid,
+                pid_started=process_started(proc.pid),
+                token=stream,
+                since=time.time(),
+                renewed=time.time(),
+            )
+            CheckpointLayout.of(checkpoint).lease_file.write_text_atomic(
+                json.dumps(holder.__dict__)
+            )
+        # When the health DAG runs
+        result = run_health_dag(airflow_home, tmp_path)
+        output = result.stdout + result.stderr
+        # Then the orphan was asked to stop (stop request and SIGTERM), and said so
+        assert orphan.wait(30) == -signal.SIGTERM
+        assert "stream word_count: its driver (stream word_count, pid " in output, output[-3000:]
+        assert "(started by word_count_stream/manual__2026-01-05T12:00:00+00:00)" in output
+        assert "has no active run of its DAG: asked it to stop at the next batch boundary" in output
+        stop_request = tmp_path / "streams/word_count/checkpoint/_streamops/stop-request"
+        assert stop_request.exists()
+        # And the driver started by hand runs on
+        assert by_hand.poll() is None
+    finally:
+        for proc in (orphan, by_hand):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_dagrun_state_is_read_as_a_plain_string() -> None:
+    from airflow.sdk.api.datamodels._generated import DagRunState
+
+    class FakeTI:
+        def get_dagrun_state(self, dag_id: str, run_id: str) -> DagRunState:
+            if run_id == "gone":
+                raise RuntimeError("API_SERVER_ERROR: {'status_code': 404, 'reason': 'not_found'}")
+            if run_id == "broken":
+                raise RuntimeError("API_SERVER_ERROR: {'status_code': 500}")
+            return DagRunState.RUNNING
+
+    assert dagrun_state(FakeTI(), "d", "r") == "running"
+    assert dagrun_state(FakeTI(), "d", "gone") is None
+    with pytest.raises(RuntimeError):
+        dagrun_state(FakeTI(), "d", "broken")
