@@ -438,7 +438,9 @@ class StreamSubmitOperator(SparkSubmitOperator):
                 f"({budget.max_restarts}) used up; last error: {reason}. Fix the cause, then "
                 "trigger the DAG again: the job resumes from its checkpoint."
             )
-        delay = budget.next_delay()
+        from streamops.triggers import MIN_DEFERRAL_SECONDS
+
+        delay = max(budget.next_delay(), MIN_DEFERRAL_SECONDS)
         moment = datetime.now(UTC) + timedelta(seconds=delay)
         record.restart_at = moment.isoformat(timespec="seconds")
         registry.save(record)

@@ -107,6 +107,10 @@ class SinkBatchesTrigger(BaseEventTrigger):
 
 
 DRIVER_POLL_SECONDS = 5.0
+#: No deferral of a stream task ends sooner. Airflow 3.3 fails a task that resumes before the
+#: scheduler has processed the executor's "success" event of the attempt that deferred
+#: (apache/airflow#72716, "state mismatch"); on a busy scheduler that event can take seconds.
+MIN_DEFERRAL_SECONDS = 10.0
 #: How long a user's kill (mark failed or success, clear) waits for a graceful stop before it
 #: kills a driver on this host: within `on_kill`'s 30 s limit of the triggerer.
 KILL_GRACE_SECONDS = 15.0
@@ -190,6 +194,8 @@ class StreamDriverTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll the driver's lease; yield one event when the driver has ended."""
+        # See MIN_DEFERRAL_SECONDS: a driver that ends at once is reported after that.
+        first_check = asyncio.get_running_loop().time() + MIN_DEFERRAL_SECONDS
         while True:
             await asyncio.to_thread(self._copy_log)
             try:
@@ -198,7 +204,7 @@ class StreamDriverTrigger(BaseTrigger):
                 # Storage trouble is not the driver's end: look again at the next poll.
                 self.log.exception("stream %s: cannot read the lease; retrying", self.stream)
                 alive = True
-            if not alive:
+            if not alive and asyncio.get_running_loop().time() >= first_check:
                 await asyncio.to_thread(self._copy_log)
                 self.log.info("stream %s: its driver has ended", self.stream)
                 yield TriggerEvent(  # type: ignore[no-untyped-call]
