@@ -35,6 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
+from bench.control_plane import feed  # noqa: E402
 from spark_jobs.status import read_status  # noqa: E402
 from streamops.triggers import stop_driver  # noqa: E402
 from tests.dags.airflow_processes import AirflowProcesses, wait_for  # noqa: E402
@@ -70,18 +71,6 @@ def slots(airflow: AirflowProcesses) -> tuple[int, int]:
     return int(running["total_entries"]), int(pool["occupied_slots"])
 
 
-def feed(folder: Path, stop: threading.Event) -> None:
-    """A small file a second, moved in atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    n = 0
-    while not stop.is_set():
-        n += 1
-        hidden = folder / f".f{n}.tmp"
-        hidden.write_text("hello world spark streaming\n" * 20)
-        hidden.rename(folder / f"f{n:06d}.txt")
-        stop.wait(1.0)
-
-
 def batch_times(checkpoint: Path) -> list[float]:
     """Commit times (mtime) of the checkpoint's batches: when each batch was done."""
     return sorted(p.stat().st_mtime for p in (checkpoint / "commits").glob("[0-9]*"))
@@ -114,9 +103,9 @@ def main() -> int:  # noqa: PLR0915  (one measurement after another)
             print("==> two streams (word_count, running_total) on a file a second")
             feeders = []
             for stream in ("word_count", "running_total"):
-                thread = threading.Thread(
-                    target=feed, args=(data / "streams" / stream / "input", stop_feed)
-                )
+                folder = data / "streams" / stream / "input"
+                folder.mkdir(parents=True, exist_ok=True)
+                thread = threading.Thread(target=feed, args=(folder, stop_feed))
                 thread.start()
                 feeders.append(thread)
             runs = {

@@ -126,7 +126,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
                 )
             if not layout.stop_request.exists():
                 self.log.info("stream %s: adopting its driver, %s", spec.stream, holder.describe())
-                self._watch(context, spec, holder, adopted=True)
+                self._watch(context, spec, holder)
             # A clear of this run stopped its driver: wait for it to end, then start afresh.
             self._wait_for_end(layout, holder.token, REPLACE_TIMEOUT_SECONDS)
 
@@ -254,7 +254,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
             return
         log_path = registry.driver_log(spec.stream)
         try:
-            holder, start_offset = self._start_driver(context, spec, hook, log_path)
+            holder, start_offset = self._start_driver(context, spec, log_path)
         except DriverExited as exited:
             if exited.code == 2:  # refused: starting again would not help
                 raise AirflowFailException(f"stream {spec.stream}: {exited.reason}") from exited
@@ -284,7 +284,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
         self._hook = None  # rebuilt from the settings above
 
     def _start_driver(
-        self, context: Context, spec: StreamSpec, hook: Any, log_path: str
+        self, context: Context, spec: StreamSpec, log_path: str
     ) -> tuple[LeaseHolder, int]:
         """Start spark-submit detached; return the driver's lease once it holds it."""
         from spark_jobs.layout import CheckpointLayout
@@ -352,7 +352,6 @@ class StreamSubmitOperator(SparkSubmitOperator):
         spec: StreamSpec,
         holder: LeaseHolder,
         start_offset: int | None = None,
-        adopted: bool = False,
     ) -> None:
         from streamops import registry
         from streamops.triggers import StreamDriverTrigger
