@@ -3,7 +3,7 @@
     .venv/bin/python bench/overview.py [--streams 2 20 100]
 
 For each N, a data root holds N registered streams, each with a status file of 30 recent batches,
-a lock, a checkpoint of 200 small files (as a few hundred batches leave), a snapshot, an input
+a lease, a checkpoint of 200 small files (as a few hundred batches leave), a snapshot, an input
 folder with 50 waiting files, quality history and alerts. The figures are the median of 5 calls
 of `streamops.overview.overview()` with its listing cache cold (every call lists every
 checkpoint and input folder, as the first request does) and warm (the page's 5-second refresh

@@ -13,7 +13,7 @@ stream) and on demand for one stream, with these actions:
 - `prune`: deletes snapshots beyond *Keep count* or older than *Keep age*; never the newest.
 
 A running stream is asked to stop at a batch boundary first (as `stream_control` does), the
-action runs while this task holds the stream's lock, and the stream is started again with the
+action runs while this task holds the checkpoint's lease, and the stream is started again with the
 Params it ran with. Each action logs the checkpoint size before and after.
 
 Limits: each stream needs an input folder of its own (rotation moves processed input files to

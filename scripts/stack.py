@@ -572,9 +572,10 @@ class StreamRun:
 def active_run(api: Api, dag_id: str) -> StreamRun | None:
     """The run a stack that was killed (not stopped) left running or queued, if any.
 
-    A new scheduler resets the tasks of the dead one and runs them again, from the checkpoint:
-    that run carries on. (Triggering another would only queue it behind, `max_active_runs=1`;
-    failing the old one races with its task, which may already hold the stream's lock.)
+    Its stream task is deferred, so the new stack's triggerer watches its driver again, or
+    restarts it from the checkpoint if it died with the old stack: that run carries on.
+    (Triggering another would be refused: the active run holds the stream's name, and its
+    driver the checkpoint's lease.)
     """
     answer = api.ok(
         "GET", f"/api/v2/dags/{dag_id}/dagRuns?state=running&state=queued&order_by=run_after"

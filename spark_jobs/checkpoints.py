@@ -4,7 +4,7 @@ duplicating a record.
 Everything goes through `storage.Location` (pyarrow's filesystems), so it works on local paths
 here and on `s3://`, `gs://` or `hdfs://` URIs on a cluster. Nothing here imports pyspark: the
 jobs call `validate` before every start, and Airflow tasks call the rest while the stream is
-stopped (at a batch boundary) and its lock is held.
+stopped (at a batch boundary) and its lease is held.
 
 Snapshots live beside the checkpoint, in `<checkpoint>.snapshots/<id>/`, each with a
 `snapshot.json` manifest. Retention keeps the newest snapshot always, and otherwise the
@@ -24,14 +24,13 @@ from typing import Any
 import pyarrow as pa
 from pyarrow import fs as pafs
 
-from spark_jobs.layout import STREAMOPS_DIR, CheckpointLayout, Generation
+from spark_jobs.layout import CONTROL_FILES, STREAMOPS_DIR, CheckpointLayout, Generation
 from spark_jobs.storage import Location
 
 DEFAULT_KEEP_COUNT = 10
 DEFAULT_KEEP_AGE = timedelta(hours=24)
 STATE_FILE_SUFFIXES = (".zip", ".delta", ".snapshot", ".changelog")
 # Control files that describe a running stream, not its data: never part of a snapshot.
-CONTROL_FILES = ("lock.json", "status.json", "stop-request")
 BASE_TOTALS_FILE = "base_totals.parquet"
 RESTORED_FROM_FILE = "restored-from"
 
@@ -279,7 +278,7 @@ class SnapshotStore:
 
 
 def _clear_checkpoint(layout: CheckpointLayout) -> None:
-    """Delete a checkpoint's content, except the control files (the lock is held by the caller)."""
+    """Delete a checkpoint's content, except the control files (the caller holds the lease)."""
     for info in layout.root.list():
         if info.base_name == STREAMOPS_DIR:
             meta = Location(layout.root.filesystem, info.path)

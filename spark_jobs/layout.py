@@ -28,6 +28,12 @@ from dataclasses import dataclass
 from spark_jobs.storage import Location
 
 STREAMOPS_DIR = "_streamops"
+LEASE_FILE = "lease.json"
+STATUS_FILE = "status.json"
+STOP_REQUEST = "stop-request"
+#: Files of `_streamops/` that describe the running stream, not the checkpoint's content: a
+#: snapshot leaves them out, and a restore or rotation keeps the live ones.
+CONTROL_FILES = (LEASE_FILE, STATUS_FILE, STOP_REQUEST)
 SINK_FILE_PATTERN = re.compile(r"^part-(\d{12})\.parquet$")
 
 
@@ -70,17 +76,17 @@ class CheckpointLayout:
     @property
     def status_file(self) -> Location:
         """The job's machine-readable progress."""
-        return self.root.child(STREAMOPS_DIR, "status.json")
+        return self.root.child(STREAMOPS_DIR, STATUS_FILE)
 
     @property
     def lease_file(self) -> Location:
         """Which driver runs the query on this checkpoint: its lease (see `lease.py`)."""
-        return self.root.child(STREAMOPS_DIR, "lease.json")
+        return self.root.child(STREAMOPS_DIR, LEASE_FILE)
 
     @property
     def stop_request(self) -> Location:
         """Its presence asks the running job to stop at the next batch boundary."""
-        return self.root.child(STREAMOPS_DIR, "stop-request")
+        return self.root.child(STREAMOPS_DIR, STOP_REQUEST)
 
     def batch_ids(self, log: Location) -> list[int]:
         """The batch ids present in Spark's `offsets` or `commits` log, ascending."""

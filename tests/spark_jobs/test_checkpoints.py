@@ -23,6 +23,7 @@ from spark_jobs.checkpoints import (
     validate,
 )
 from spark_jobs.layout import CheckpointLayout, Generation
+from spark_jobs.lease import Lease
 from spark_jobs.storage import Location
 from tests.conftest import drop_file, read_sink, run_available_now
 
@@ -219,3 +220,25 @@ def test_retention_prunes_by_count_and_age_but_never_the_newest_or_protected(
 def test_a_new_checkpoint_is_valid(tmp_path: Path) -> None:
     validate(CheckpointLayout.of(str(tmp_path / "never-started")))
     assert tree_size(Location.of(str(tmp_path / "never-started"))) == 0
+
+
+@pytest.mark.spark
+def test_snapshots_leave_the_lease_out_and_a_restore_keeps_the_live_one(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # Given a checkpoint whose lease is held, as checkpoint_rotation holds it during an action
+    layout = build_checkpoint(spark, tmp_path)
+    lease = Lease(layout.lease_file, "running_total", "checkpoint_rotation/manual__1")
+    lease.acquire()
+    try:
+        # When a snapshot is taken and restored
+        snapshot = SnapshotStore.of(layout).create(layout)
+        copy = Path(SnapshotStore.of(layout).root.child(snapshot.id).path)
+        restore(layout, Location.of(str(tmp_path / "running_total-sink")), snapshot.id)
+        # Then the snapshot holds no lease, and the checkpoint still holds the live one
+        assert not (copy / "_streamops" / "lease.json").exists()
+        holder = lease.read()
+        assert holder is not None
+        assert holder.token == lease.token
+    finally:
+        lease.release()
