@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -80,31 +81,60 @@ def resolve_generation(
 
 
 class StopRequest:
-    """Stop the query once its running micro-batch has finished.
+    """Stop the query once its running micro-batch has finished; a second signal stops at once.
 
-    Asked for by SIGTERM, SIGINT, or a `stop-request` file in the checkpoint (how the control plane
-    asks, wherever the driver runs).
+    Asked for by SIGTERM, SIGINT (Ctrl+C), or a `stop-request` file in the checkpoint (how the
+    control plane asks, wherever the driver runs). A second SIGINT or SIGTERM ends the driver at
+    once, as a shell user expects of a second Ctrl+C: the interrupted micro-batch is replayed from
+    the checkpoint at the next start (the sink is idempotent), and the lease is taken over since
+    its pid is gone.
     """
 
-    def __init__(self, layout: CheckpointLayout | None = None) -> None:
+    def __init__(self, layout: CheckpointLayout | None = None, name: str = "job") -> None:
         self.event = threading.Event()
         self.layout = layout
+        self.name = name
+        self.signal: str | None = None
+        self._announced = False
 
     def is_set(self) -> bool:
-        """Whether a stop has been asked for."""
+        """Whether a stop has been asked for (says why, once, from the caller's thread)."""
         if not self.event.is_set() and self.layout and self.layout.stop_request.exists():
             log.warning("found %s: stopping after this micro-batch", self.layout.stop_request)
+            self._announced = True
             self.event.set()
+        if self.event.is_set() and self.signal and not self._announced:
+            self._announced = True
+            log.warning(
+                "received %s: stopping after the running micro-batch (again to stop at once)",
+                self.signal,
+            )
         return self.event.is_set()
 
     def install(self) -> None:
-        """Route SIGTERM and SIGINT here (main thread only)."""
+        """Route SIGTERM and SIGINT here (main thread only).
+
+        Called again once the SparkSession is up: PySpark's SparkContext replaces the SIGINT
+        handler with one that cancels every job and raises KeyboardInterrupt wherever the main
+        thread is, which prints tracebacks and interrupts the micro-batch.
+        """
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        log.warning("received %s: stopping after the running micro-batch", signal.strsignal(signum))
-        self.event.set()
+        # No buffered I/O here: the handler may interrupt the main thread inside a write to the
+        # same stream ("reentrant call"). The first signal is reported by `is_set`.
+        if not self.event.is_set() or self.signal is None:
+            self.signal = signal.Signals(signum).name
+            self.event.set()
+            return
+        message = (
+            f"{self.name}: {signal.Signals(signum).name} again: stopping now, without finishing "
+            "the micro-batch; the next start replays it from the checkpoint\n"
+        )
+        os.write(sys.stderr.fileno(), message.encode())
+        # The JVM of a `python -m` driver ends when its stdin (this process) closes.
+        os._exit(128 + signum)
 
 
 def stop_at_batch_boundary(
@@ -220,7 +250,7 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)
     layout = CheckpointLayout.of(args.checkpoint)
-    stop = StopRequest(layout)
+    stop = StopRequest(layout, spec.name)
     stop.install()
     lease = Lease(layout.lease_file, args.stream, args.owner)
     try:
@@ -252,6 +282,7 @@ def _run_leased(
     spec: JobSpec, args: argparse.Namespace, stop: StopRequest, lost: list[LeaseHolder | None]
 ) -> int:
     spark = build_session(f"streamops-{spec.name}")
+    stop.install()  # again: the SparkContext replaced the SIGINT handler
     try:
         job = start(spark, spec, args)
         supervise(job.query, stop, grace_seconds=lambda: 0.0 if lost else STOP_GRACE_SECONDS)

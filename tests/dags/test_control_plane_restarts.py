@@ -139,7 +139,8 @@ def test_streams_survive_every_restart_of_airflow_and_come_back_after_a_full_out
         # Then no stream task holds a worker slot while its stream runs (stream_health's own
         # tasks take one for a few seconds each minute, so wait for a moment between them)
         for dag_id in STREAMS:
-            running = airflow.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/~/taskInstances?state=running")
+            path = f"/api/v2/dags/{dag_id}/dagRuns/~/taskInstances?state=running"
+            running = airflow.api("GET", path)
             assert running["total_entries"] == 0, running
         wait_for(
             lambda: airflow.api("GET", "/api/v2/pools/default_pool")["occupied_slots"] == 0,
