@@ -27,7 +27,7 @@ import os
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param, task
 
-from streamops.config import STREAM_NAME_PATTERN
+from streamops.config import STREAM_NAME_PATTERN, stream_run_id
 
 with DAG(
     dag_id="checkpoint_rotation",
@@ -120,7 +120,11 @@ with DAG(
                 f"{outcome.size_before:,} -> {outcome.size_after:,} bytes"
             )
             if outcome.restart_dag_id:
-                restart = {"trigger_dag_id": outcome.restart_dag_id, "conf": outcome.restart_conf}
+                restart = {
+                    "trigger_dag_id": outcome.restart_dag_id,
+                    "trigger_run_id": stream_run_id(stream),
+                    "conf": outcome.restart_conf,
+                }
         return restart
 
     @task

@@ -14,7 +14,9 @@ task's log. Paths are relative to the data root.
 - Each run is one stream; up to `$STREAMOPS_MAX_STREAMS_PER_JOB` (default 32) run at once. A run
   for a stream another active run already runs is refused, naming that run. The driver holds its
   checkpoint's lease: a second driver on the checkpoint is refused, naming the one that runs.
-  A retry of this run adopts its live driver instead of starting another.
+  A retry of this run adopts its live driver instead of starting another. Set the form's
+  *Run ID* to `<stream>__<anything>` so the grid reads as a list of streams (`bin/streamops
+  start` does). *Console output* prints each batch's first words into this task's log.
 - A failed driver restarts from its checkpoint with backoff: at most 5 restarts in 30 minutes,
   then the task fails and alerts.
 - **Stop** the stream with the `stream_control` DAG (action *stop*): it ends at a batch boundary

@@ -23,9 +23,9 @@ Only batches new since the last run are validated (watermarks in
 `<data root>/_streamops/quality/<stream>.json`); trigger with **Revalidate all** to check
 everything again, or with **Stream** to check one stream.
 
-`reconcile_sinks` then checks, for each pair in `thresholds.yaml`, that every word's counts add
-up to its running total wherever both jobs had read the same input files (see
-`docs/quality.md`).
+`reconcile_sinks` then checks, for each pair in `thresholds.yaml` and each word_count and
+running_total stream that read the same input folder, that every word's counts add up to its
+running total wherever both jobs had read the same input files (see `docs/quality.md`).
 
 **Results**: Great Expectations **Data Docs** at
 `<data root>/_streamops/quality/data_docs/index.html` (each task log prints the link), and one

@@ -2,11 +2,18 @@
 
     .venv/bin/python scripts/feeder.py                      # both streams' default input folders
     .venv/bin/python scripts/feeder.py --interval 2 --folder /tmp/in --files 10
+    .venv/bin/python scripts/feeder.py --socket-port 9999    # also serve lines, like `nc -lk 9999`
+    .venv/bin/python scripts/feeder.py --type                # type lines into that socket
 
-`make demo` (scripts/stack.py) runs it in the background so the two stream DAGs always have
+`make demo` (scripts/stack.py) runs it in the background so the stream DAGs always have
 something to count. Every folder gets the same text, so word_count and running_total read the
 same words. Each file is written under a hidden name (Spark's file source ignores names starting
 with `.`) and then renamed into place, so a stream never sees a half-written file.
+
+With `--socket-port PORT` it also stands in for the seed's `nc -lk 9999`: it listens on
+127.0.0.1:PORT, and sends each sample file's lines, and every line a client sends, to every other
+connected client. The socket stream (Spark's socket source) is one client; a person typing is
+another: `nc localhost 9999`, or `feeder.py --type` where there is no `nc`.
 
 Stops on SIGTERM or Ctrl-C after the file it is writing, with exit code 0.
 """
@@ -17,6 +24,8 @@ import argparse
 import os
 import random
 import signal
+import socket
+import socketserver
 import sys
 import threading
 import time
@@ -118,6 +127,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="stop after this many files per folder (default: run until stopped)",
     )
+    parser.add_argument(
+        "--socket-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also serve the sample lines, and lines clients send, on 127.0.0.1:PORT",
+    )
+    parser.add_argument(
+        "--type",
+        action="store_true",
+        help="send the lines typed here to the feeder's socket (--socket-port, default 9999)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (repeatable output)")
     parser.add_argument("--quiet", action="store_true", help="print nothing per file")
     return parser.parse_args(argv)
@@ -140,9 +161,77 @@ def write_atomically(folder: Path, name: str, text: str) -> Path:
     return final
 
 
+class LineRelay(socketserver.ThreadingTCPServer):
+    """`nc -lk PORT` for many clients: every line reaches every connected client but its sender."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int) -> None:
+        self.clients: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), RelayHandler)
+
+    def send(self, text: str, sender: socket.socket | None = None) -> None:
+        """Send lines to every client but `sender`; drop the clients that went away."""
+        data = text.encode("utf-8")
+        with self.lock:
+            for client in list(self.clients):
+                if client is sender:
+                    continue
+                try:
+                    client.sendall(data)
+                except OSError:
+                    self.clients.discard(client)
+
+
+class RelayHandler(socketserver.StreamRequestHandler):
+    """One client: registered for the lines of others, its own lines relayed."""
+
+    server: LineRelay
+
+    def handle(self) -> None:
+        with self.server.lock:
+            self.server.clients.add(self.connection)
+        try:
+            for line in self.rfile:
+                self.server.send(line.decode("utf-8", "replace"), sender=self.connection)
+        except OSError:
+            pass
+        finally:
+            with self.server.lock:
+                self.server.clients.discard(self.connection)
+
+
+def type_lines(port: int) -> int:
+    """Send each line typed on stdin to the feeder's socket, until end of input or Ctrl-C."""
+    try:
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except OSError as err:
+        print(
+            f"feeder: error: nothing listens on 127.0.0.1:{port} ({err.strerror}); is `make demo` "
+            "running? (its feeder serves the socket stream's lines)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"feeder: type lines for 127.0.0.1:{port}; Ctrl-D or Ctrl-C to end", flush=True)
+    try:
+        with connection:
+            for line in sys.stdin:
+                connection.sendall(line.encode("utf-8"))
+    except KeyboardInterrupt:
+        print()
+    except OSError as err:
+        print(f"feeder: error: the socket closed ({err.strerror})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write files until stopped (or `--files` files per folder); exit 0."""
     args = parse_args(argv)
+    if args.type:
+        return type_lines(args.socket_port or 9999)
     folders: list[Path] = args.folders or default_folders(args.data_root or default_data_root())
     rng = random.Random(args.seed)
     stop = threading.Event()
@@ -152,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    relay = None
+    if args.socket_port is not None:
+        relay = LineRelay(args.socket_port)
+        threading.Thread(target=relay.serve_forever, name="relay", daemon=True).start()
+        print(f"feeder: serving lines on 127.0.0.1:{args.socket_port}", flush=True)
     print(
         f"feeder: a file of {args.lines} sentences every {args.interval:g} s into "
         + ", ".join(str(f) for f in folders),
@@ -164,11 +258,16 @@ def main(argv: list[str] | None = None) -> int:
         name = f"feed-{time.time_ns()}-{number:06d}.txt"
         for folder in folders:
             write_atomically(folder, name, text)
+        if relay is not None:
+            relay.send(text)
         if not args.quiet:
             print(f"feeder: wrote {name} ({text.count(chr(10))} lines)", flush=True)
         if args.files is not None and number >= args.files:
             break
         stop.wait(args.interval)
+    if relay is not None:
+        relay.shutdown()
+        relay.server_close()
     print(f"feeder: stopped after {number} files per folder", flush=True)
     return 0
 

@@ -1,15 +1,18 @@
-"""The embedded stack: Airflow standalone running both stream DAGs, fed with sample text.
+"""The embedded stack: Airflow standalone running three streams, fed with sample text.
 
     make demo     # .venv/bin/python scripts/stack.py start
     make status   # .venv/bin/python scripts/stack.py status
     make stop     # .venv/bin/python scripts/stack.py stop
 
 `start` brings up `airflow standalone` (SQLite, LocalExecutor, a small `parallelism`) with this
-repository's DAGs and plugins and the `spark_default` connection (Spark `local[2]`), unpauses and
-triggers `word_count_stream` and `running_total_stream`, starts `scripts/feeder.py`, waits for
-both streams' first micro-batch and prints the UI URL, the login and how to feed your own text.
+repository's DAGs and plugins and the `spark_default` connection (Spark `local[2]`), unpauses
+every DAG, starts `scripts/feeder.py` (sample files, and the seed's `nc -lk 9999` socket), then
+triggers three streams: `word_count` and `running_total` on files, and `word_count_socket` on the
+socket with console output in its task log. It waits for each stream's first micro-batch and
+prints the UI URL, the login and how to feed your own text.
 
-`stop` asks running streams to stop at a batch boundary (their DAG runs then succeed), then
+`stop` asks running streams to stop at a batch boundary (their DAG runs then succeed, and
+queued ones are marked failed, so the next `start` begins clean), then
 terminates every process the stack started, including those that left its process group (task
 processes, spark-submit, Spark drivers): each carries `STREAMOPS_STACK_HOME=<home>` in its
 environment, which a scan of /proc finds. It ends with "stopped N processes; none left".
@@ -46,6 +49,7 @@ from spark_jobs.java_runtime import java_home  # noqa: E402
 from spark_jobs.layout import CheckpointLayout  # noqa: E402
 from spark_jobs.status import StreamStatus, read_status  # noqa: E402
 from streamops.cli import request_json  # noqa: E402
+from streamops.config import stream_run_id  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 DEFAULT_HOME = ROOT / ".airflow"
@@ -57,11 +61,46 @@ TERM_SECONDS = 30.0
 # How long `stop` waits for the scheduler to end a stream's run once its task process is gone.
 RUN_END_SECONDS = 15.0
 
-# The stream DAGs `start` triggers, and the stream (default Params) each one runs.
-STREAM_DAGS = {"word_count_stream": "word_count", "running_total_stream": "running_total"}
-# Unpaused once parsed: the health check (every minute), and stream_control, which runs only
-# when triggered (the UI, or `bin/streamops stop`; a paused DAG's runs would never start).
-CONTROL_DAGS = ("stream_health", "stream_control")
+# The seed's `nc -lk 9999` port, served by the feeder for the socket stream (`--socket-port`).
+SOCKET_PORT = 9999
+
+
+@dataclass(frozen=True)
+class DemoStream:
+    """A stream `start` runs: its DAG, its name, and its Params beyond the defaults."""
+
+    dag_id: str
+    stream: str
+    conf: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def source(self) -> str:
+        return str(dict(self.conf).get("source", "file"))
+
+
+def demo_streams(socket_port: int = SOCKET_PORT) -> tuple[DemoStream, ...]:
+    """The streams `start` runs: two file streams, and the seed's socket stream.
+
+    The file streams take a micro-batch every 5 s, the feeder's pace: three streams at the seed's
+    1 s beside Airflow keep 2 cores busy. The socket stream keeps the seed's 1 s.
+    """
+    every_5s = (("trigger_interval", "5 seconds"),)
+    return (
+        DemoStream("word_count_stream", "word_count", every_5s),
+        DemoStream("running_total_stream", "running_total", every_5s),
+        DemoStream(
+            "word_count_stream",
+            "word_count_socket",
+            (("source", "socket"), ("socket_port", socket_port), ("console", True)),
+        ),
+    )
+
+
+STREAM_DAGS = tuple(dict.fromkeys(s.dag_id for s in demo_streams()))
+# Unpaused once parsed: the health check (every minute); stream_control, which runs only when
+# triggered (the UI, or `bin/streamops stop`; a paused DAG's runs would never start); the quality
+# checks (every 10 minutes and on new sink files) and the daily checkpoint rotation.
+CONTROL_DAGS = ("stream_health", "stream_control", "sink_quality", "checkpoint_rotation")
 
 T = TypeVar("T")
 
@@ -569,39 +608,46 @@ class StreamRun:
     resumed: bool
 
 
-def active_run(api: Api, dag_id: str) -> StreamRun | None:
-    """The run a stack that was killed (not stopped) left running or queued, if any.
+def active_runs(api: Api, dag_id: str) -> dict[str, StreamRun]:
+    """The runs a stack that was killed (not stopped) left running or queued, by stream.
 
-    Its stream task is deferred, so the new stack's triggerer watches its driver again, or
-    restarts it from the checkpoint if it died with the old stack: that run carries on.
+    Their stream tasks are deferred, so the new stack's triggerer watches their drivers again, or
+    restarts them from the checkpoint if they died with the old stack: those runs carry on.
     (Triggering another would be refused: the active run holds the stream's name, and its
     driver the checkpoint's lease.)
     """
     answer = api.ok(
         "GET", f"/api/v2/dags/{dag_id}/dagRuns?state=running&state=queued&order_by=run_after"
     )
-    runs = answer.get("dag_runs", [])
-    if not runs:
-        return None
-    run = next((r for r in runs if r.get("state") == "running"), runs[0])
-    conf = run.get("conf") or {}
-    return StreamRun(
-        dag_id=dag_id,
-        run_id=str(run["dag_run_id"]),
-        stream=str(conf.get("stream") or STREAM_DAGS[dag_id]),
-        source=str(conf.get("source") or "file"),
-        resumed=True,
-    )
+    found: dict[str, StreamRun] = {}
+    for run in answer.get("dag_runs", []):
+        conf = run.get("conf") or {}
+        stream = str(conf.get("stream") or dag_id.removesuffix("_stream"))
+        if stream in found and run.get("state") != "running":
+            continue
+        found[stream] = StreamRun(
+            dag_id=dag_id,
+            run_id=str(run["dag_run_id"]),
+            stream=stream,
+            source=str(conf.get("source") or "file"),
+            resumed=True,
+        )
+    return found
 
 
-def trigger(api: Api, dag_id: str) -> StreamRun:
-    """Trigger a DAG with its default Params (its default stream, file source)."""
+def trigger(api: Api, demo: DemoStream) -> StreamRun:
+    """Trigger a demo stream's run, named after the stream."""
     answer = api.ok(
         "POST",
-        f"/api/v2/dags/{dag_id}/dagRuns",
-        {"logical_date": None, "conf": {}, "note": "started by scripts/stack.py"},
+        f"/api/v2/dags/{demo.dag_id}/dagRuns",
+        {
+            "dag_run_id": stream_run_id(demo.stream),
+            "logical_date": None,
+            "conf": {"stream": demo.stream, **dict(demo.conf)},
+            "note": f"stream {demo.stream}, started by scripts/stack.py",
+        },
     )
-    return StreamRun(dag_id, str(answer["dag_run_id"]), STREAM_DAGS[dag_id], "file", False)
+    return StreamRun(demo.dag_id, str(answer["dag_run_id"]), demo.stream, demo.source, False)
 
 
 def task_log_tail(stack: Stack, dag_id: str, run_id: str) -> str:
@@ -661,12 +707,15 @@ def wait_for_streams(
             time.sleep(2)
 
 
-def start_feeder(stack: Stack, env: dict[str, str], interval: float) -> subprocess.Popen[bytes]:
-    """`scripts/feeder.py` in its own session, writing into both streams' input folders."""
+def start_feeder(
+    stack: Stack, env: dict[str, str], interval: float, socket_port: int
+) -> subprocess.Popen[bytes]:
+    """`scripts/feeder.py` in its own session: the file streams' input folders, and the socket."""
     command = [str(VENV_BIN / "python"), str(ROOT / "scripts" / "feeder.py")]
-    command += ["--interval", f"{interval:g}"]
-    for stream in STREAM_DAGS.values():
-        command += ["--folder", str(stack.input_folder(stream))]
+    command += ["--interval", f"{interval:g}", "--socket-port", str(socket_port)]
+    for demo in demo_streams(socket_port):
+        if demo.source == "file":
+            command += ["--folder", str(stack.input_folder(demo.stream))]
     with stack.feeder_log.open("ab") as log:
         return subprocess.Popen(
             command,
@@ -679,42 +728,73 @@ def start_feeder(stack: Stack, env: dict[str, str], interval: float) -> subproce
         )
 
 
-def print_banner(stack: Stack, runs: list[StreamRun], interval: float, took: float) -> None:
+def print_banner(
+    stack: Stack, runs: list[StreamRun], interval: float, took: float, socket_port: int
+) -> None:
     """What is running, where, and how to use it."""
     password = admin_password(stack) or f"(see {stack.password_file})"
     wc_input = stack.input_folder("word_count")
     rt_input = stack.input_folder("running_total")
+    socket_logs = stack.home / "logs" / "dag_id=word_count_stream"
     print(
         f"""
 ==> the stack is up ({took:.0f} s)
 
   Airflow UI    {stack.ui_url}
-  Streams page  {stack.ui_url}/plugin/streams   (Browse > Streams: states, rates, alerts)
+  Streams page  {stack.ui_url}/plugin/streams   (Browse > Streams: states, rates, quality, alerts)
   login         admin / {password}
                 (generated; kept in {stack.password_file})
   streams       {", ".join(f"{r.stream} ({r.dag_id})" for r in runs)}
+  also running  stream_health (every minute), sink_quality (on new sink files, and every
+                10 min: Data Docs linked from the Streams page), checkpoint_rotation (daily)
   data          {stack.data_root}/streams/<stream>/input, sink (Parquet), checkpoint
-  sample text   scripts/feeder.py adds a file every {interval:g} s to both input folders
+  sample text   scripts/feeder.py adds a file every {interval:g} s to the file streams' input
+                folders, and sends the same lines to 127.0.0.1:{socket_port}
   logs          {stack.log_file}, {stack.feeder_log},
                 task logs in {stack.home / "logs"}
 
-Feed your own text
-  files   Both streams read every new file in their input folder, once. Write the file
-          under a hidden name (Spark skips names starting with '.'), then mv it into place:
-            printf 'hello spark\\nhello world\\n' > {wc_input}/.mine.txt
-            mv {wc_input}/.mine.txt {wc_input}/mine.txt
-          running_total reads {rt_input}: put a copy there too.
-  socket  The seed's `nc -lk 9999` workflow: run `nc -lk 9999` in a terminal, then trigger
-          word_count_stream with source = socket and a new stream name (e.g. word_count_socket:
-          its own sink and checkpoint; it runs beside the file stream) and type into nc.
+Type into the socket stream (the seed's `nc -lk 9999` workflow)
+  nc localhost {socket_port}          (or, without nc: .venv/bin/python scripts/feeder.py --type)
+  then type lines: word_count_socket counts them in its next micro-batch, and prints each batch
+  (`Time: ...`, then its words) into its task log: Airflow UI > word_count_stream > run
+  word_count_socket__... > run_stream > Logs, or under {socket_logs}.
+
+Feed your own files
+  Both file streams read every new file in their input folder, once. Write the file under a
+  hidden name (Spark skips names starting with '.'), then mv it into place:
+      printf 'hello spark\\nhello world\\n' > {wc_input}/.mine.txt
+      mv {wc_input}/.mine.txt {wc_input}/mine.txt
+  running_total reads {rt_input}: put a copy there too.
+
+More streams: trigger word_count_stream or running_total_stream with a new stream name (up to
+32 per job at once), or `bin/streamops start NAME --dag word_count_stream --param source=file`.
 
   on call bin/streamops status   (exit 0 when every stream is healthy; docs/runbook.md)
           bin/streamops stop word_count --wait, start word_count, restart, rotate, ...
   status  make status          (scripts/stack.py status)
-  stop    make stop            (stops every process this started)
+  stop    make stop            (stops every stream and every process this started)
 """,
         flush=True,
     )
+
+
+def start_streams(api: Api, socket_port: int) -> list[StreamRun]:
+    """Unpause every DAG; trigger each demo stream, or carry on with its run if still active."""
+    for dag_id in (*CONTROL_DAGS, *STREAM_DAGS):
+        unpause(api, dag_id)
+    say(f"unpaused {', '.join((*CONTROL_DAGS, *STREAM_DAGS))}")
+    runs: list[StreamRun] = []
+    active = {dag_id: active_runs(api, dag_id) for dag_id in STREAM_DAGS}
+    for demo in demo_streams(socket_port):
+        run = active[demo.dag_id].get(demo.stream)
+        if run is None:
+            run = trigger(api, demo)
+            say(f"triggered {demo.dag_id} for stream {demo.stream}: run {run.run_id}")
+        else:
+            say(f"stream {demo.stream}: its run {run.run_id} is still active")
+            note("(left by a stack that was killed, not stopped: it resumes from the checkpoint)")
+        runs.append(run)
+    return runs
 
 
 def start(stack: Stack, args: argparse.Namespace) -> int:
@@ -722,8 +802,15 @@ def start(stack: Stack, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     stack.home.mkdir(parents=True, exist_ok=True)
     check_not_running(stack)
-    for stream in STREAM_DAGS.values():
-        stack.input_folder(stream).mkdir(parents=True, exist_ok=True)
+    for demo in demo_streams(args.socket_port):
+        if demo.source == "file":
+            stack.input_folder(demo.stream).mkdir(parents=True, exist_ok=True)
+    if not port_is_free(args.socket_port):
+        raise StackError(
+            f"port {args.socket_port} is in use (an `nc -lk {args.socket_port}` of your own?): "
+            "the demo's socket stream reads the sample feeder there. Stop that program, or "
+            "choose another port: scripts/stack.py start --socket-port 9998"
+        )
     env = stack_env(stack, pick_port(8793), pick_port(8794))
 
     say(f"starting Airflow standalone (about 30-60 s on 2 cores); log: {stack.log_file}")
@@ -752,31 +839,20 @@ def start(stack: Stack, args: argparse.Namespace) -> int:
         stop_processes(stack, state)
         raise
 
-    for dag_id in CONTROL_DAGS:
-        unpause(api, dag_id)
-        say(f"unpaused {dag_id}")
-    runs: list[StreamRun] = []
-    since = datetime.now(UTC)
-    for dag_id in STREAM_DAGS:
-        unpause(api, dag_id)
-        run = active_run(api, dag_id)
-        if run is None:
-            run = trigger(api, dag_id)
-            say(f"unpaused and triggered {dag_id}: run {run.run_id}")
-        else:
-            say(f"unpaused {dag_id}; its run {run.run_id} is still active")
-            note("(left by a stack that was killed, not stopped: it resumes from the checkpoint)")
-        runs.append(run)
-
-    feeder = start_feeder(stack, env, args.feeder_interval)
+    # The feeder first: the socket stream's driver connects to it as it starts.
+    feeder = start_feeder(stack, env, args.feeder_interval, args.socket_port)
     state["pids"]["feeder"] = feeder.pid
     save_state(stack, state)
     say(f"started the sample-text feeder (pid {feeder.pid}): {stack.feeder_log}")
+    wait_until(lambda: not port_is_free(args.socket_port), 30)
+
+    since = datetime.now(UTC)
+    runs = start_streams(api, args.socket_port)
 
     if args.no_wait:
         note("not waiting for the streams (--no-wait); `make status` shows them")
     else:
-        say("waiting for both streams' first micro-batch (Spark starts in 20-60 s)")
+        say("waiting for the streams' first micro-batch (Spark starts in 20-90 s)")
         try:
             wait_for_streams(stack, api, runs, since, args.stream_timeout)
         except StackError as err:
@@ -784,7 +860,7 @@ def start(stack: Stack, args: argparse.Namespace) -> int:
                 f"{err}\nAirflow keeps running so you can look at the run in the UI "
                 f"({stack.ui_url}); `make stop` stops everything."
             ) from err
-    print_banner(stack, runs, args.feeder_interval, time.monotonic() - t0)
+    print_banner(stack, runs, args.feeder_interval, time.monotonic() - t0, args.socket_port)
     return 0
 
 
@@ -818,6 +894,8 @@ def stop_streams(stack: Stack, procs: list[Proc], grace: float) -> None:
             CheckpointLayout.of(record.checkpoint).stop_request.write_text_atomic("stop\n")
             waiting.append((record, status))
     if not waiting:
+        if api_up:
+            end_leftover_runs(api)
         return
     names = ", ".join(r.stream for r, _ in waiting)
     say(f"stopping {names} at a batch boundary (up to {grace:.0f} s)")
@@ -849,6 +927,24 @@ def stop_streams(stack: Stack, procs: list[Proc], grace: float) -> None:
         note(f"streams stopped and their DAG runs ended ({time.monotonic() - t0:.0f} s)")
     else:
         note(f"streams still running after {grace:.0f} s: terminating them instead")
+    if api_up:
+        end_leftover_runs(api)
+
+
+def end_leftover_runs(api: Api) -> None:
+    """Mark failed the stream runs still queued or running, so the next `start` begins clean.
+
+    Those are runs that never started a stream (queued behind others, or triggered while the
+    stack was stopping) or whose stream did not stop in time: their drivers are terminated next.
+    """
+    for dag_id in STREAM_DAGS:
+        with contextlib.suppress(StackError, OSError):
+            answer = api.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns?state=running&state=queued")
+            for run in answer.get("dag_runs", []):
+                path = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
+                api.ok("PATCH", path, {"state": "failed"})
+                api.call("PATCH", f"{path}?update_mask=note", {"note": "ended by `make stop`"})
+                note(f"marked {dag_id} run {run['dag_run_id']} ({run['state']}) failed")
 
 
 def stop_processes(
@@ -1008,7 +1104,7 @@ def known_streams(stack: Stack) -> list[tuple[str, Path, Path]]:
     """Name, checkpoint and sink of the default streams and of every stream ever started here."""
     from streamops import registry
 
-    streams = {s: (stack.checkpoint(s), stack.sink(s)) for s in STREAM_DAGS.values()}
+    streams = {d.stream: (stack.checkpoint(d.stream), stack.sink(d.stream)) for d in demo_streams()}
     with contextlib.suppress(OSError, ValueError, TypeError):
         for record in registry.load_all(str(stack.data_root)):
             if "://" not in record.checkpoint and "://" not in record.sink:
@@ -1072,6 +1168,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=positive,
         default=5,
         help="seconds between two sample files (default: 5)",
+    )
+    start_p.add_argument(
+        "--socket-port",
+        type=int,
+        default=SOCKET_PORT,
+        help=f"the socket stream's port, served by the feeder (default: {SOCKET_PORT})",
     )
     start_p.add_argument(
         "--no-wait", action="store_true", help="do not wait for the streams' first micro-batch"

@@ -43,7 +43,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from streamops.config import REPO_ROOT, data_root
+from streamops.config import REPO_ROOT, data_root, stream_run_id
 
 DEFAULT_URL = "http://localhost:8080"
 STACK_PASSWORDS = REPO_ROOT / ".airflow" / "simple_auth_manager_passwords.json.generated"
@@ -188,7 +188,9 @@ class Airflow:
             status, answer = self._request(method, path, body, self._token)
         return status, answer
 
-    def trigger(self, dag_id: str, conf: dict[str, Any], note: str) -> str:
+    def trigger(
+        self, dag_id: str, conf: dict[str, Any], note: str, run_id: str | None = None
+    ) -> str:
         """Trigger a DAG run; its run id. Refuses a paused DAG (its run would never start)."""
         if self.dag(dag_id).get("is_paused"):
             raise CliError(
@@ -198,7 +200,8 @@ class Airflow:
         answer = self.call(
             "POST",
             f"/api/v2/dags/{dag_id}/dagRuns",
-            {"logical_date": None, "conf": conf, "note": note},
+            {"logical_date": None, "conf": conf, "note": note}
+            | ({"dag_run_id": run_id} if run_id else {}),
         )
         return str(answer["dag_run_id"])
 
@@ -394,7 +397,8 @@ def start(airflow: Airflow, stream: str, dag: str | None, extra: dict[str, Any])
             dag = f"{job}_stream"
         dag_id = dag
         conf = {**extra, "stream": stream}
-    return dag_id, airflow.trigger(dag_id, conf, f"streamops start {stream}")
+    run_id = stream_run_id(stream)
+    return dag_id, airflow.trigger(dag_id, conf, f"streamops start {stream}", run_id)
 
 
 def cmd_start(args: argparse.Namespace, airflow: Airflow) -> int:

@@ -12,6 +12,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from spark_jobs.cli import SOURCES
@@ -37,6 +38,14 @@ def streams_per_job() -> int:
     """How many streams of one job (concurrent runs of its DAG) may run at once:
     `$STREAMOPS_MAX_STREAMS_PER_JOB`, default 32. Read when a DAG file is parsed."""
     return int(os.environ.get("STREAMOPS_MAX_STREAMS_PER_JOB", DEFAULT_STREAMS_PER_JOB))
+
+
+def stream_run_id(stream: str, when: datetime | None = None) -> str:
+    """The DAG run id the project's own triggers give a stream's run: `<stream>__<UTC time>`, so
+    the grid and the run list of a job's DAG read as a list of its streams. (A run triggered
+    from the UI form gets Airflow's `manual__<time>` unless its *Run ID* field is filled in.)"""
+    when = when or datetime.now(UTC)
+    return f"{stream}__{when.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
 def data_root() -> str:
@@ -72,6 +81,7 @@ class StreamSpec:
     shuffle_partitions: int | None = None  # None: the job's default, one per core
     window: str | None = None
     slide: str | None = None
+    console: bool = False
 
     @classmethod
     def from_params(
@@ -126,6 +136,7 @@ class StreamSpec:
             shuffle_partitions=positive("shuffle_partitions"),
             window=(str(params["window"]) if params.get("window") else None),
             slide=(str(params["slide"]) if params.get("slide") else None),
+            console=bool(params.get("console", False)),
         )
 
     def application_args(self) -> list[str]:
@@ -144,6 +155,8 @@ class StreamSpec:
             args += ["--max-files-per-trigger", str(self.max_files_per_trigger)]
         if self.shuffle_partitions:
             args += ["--shuffle-partitions", str(self.shuffle_partitions)]
+        if self.console:
+            args.append("--console")
         if self.job == "word_count" and self.window:
             args += ["--window", self.window]
             if self.slide:

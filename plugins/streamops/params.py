@@ -71,6 +71,13 @@ def stream_params(job: str) -> dict[str, Param]:
             description="empty: one per core of the Spark cluster; a running stream keeps the "
             "number its checkpoint started with (rotate to change it)",
         ),
+        "console": Param(
+            False,
+            type="boolean",
+            title="Console output",
+            description="also print each batch's first words, as the seed's pprint() does, into "
+            "this run's task log",
+        ),
     }
     if job == "word_count":
         params["window"] = Param(

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable
 
 from streamops.config import data_root
 from streamops.triggers import DEFAULT_POLL_SECONDS, SinkBatchesTrigger
+
+if TYPE_CHECKING:
+    from expectations.suites import ReconcilePair
+    from streamops import registry
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +114,31 @@ def validate_stream(stream: str, revalidate_all: bool, run: str) -> dict[str, An
     return report.summary(run, runner.now.isoformat())
 
 
+def pairs_to_reconcile(
+    configured: Sequence[ReconcilePair], records: Iterable[registry.StreamRecord]
+) -> list[ReconcilePair]:
+    """The pairs in `thresholds.yaml`, then every word_count and running_total stream that read
+    the same input folder (word_count without windows: windowed counts do not add up per batch)."""
+    from expectations.suites import ReconcilePair
+
+    pairs = list(dict.fromkeys(configured))
+    by_input: dict[str, dict[str, list[str]]] = {}
+    for record in records:
+        windowed = bool(record.params.get("window"))
+        if not record.input or (record.job == "word_count" and windowed):
+            continue
+        by_input.setdefault(record.input, {}).setdefault(record.job, []).append(record.stream)
+    for jobs in by_input.values():
+        for word_count in sorted(jobs.get("word_count", [])):
+            for running_total in sorted(jobs.get("running_total", [])):
+                pair = ReconcilePair(word_count, running_total)
+                if pair not in pairs:
+                    pairs.append(pair)
+    return pairs
+
+
 def reconcile_streams(only: str | None, revalidate_all: bool, run: str) -> list[dict[str, Any]]:
-    """Reconcile every configured pair (or those with `only`); fail on any difference."""
+    """Reconcile every pair (or those with `only`); fail on any difference."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from expectations.reconcile import reconcile_pair
@@ -126,7 +154,7 @@ def reconcile_streams(only: str | None, revalidate_all: bool, run: str) -> list[
     runner = QualityRunner(data_root(), config, run=run)
     records = {record.stream: record for record in registry.load_all()}
     reports: list[Report] = []
-    for pair in config.pairs:
+    for pair in pairs_to_reconcile(config.pairs, records.values()):
         if only and only not in (pair.word_count, pair.running_total):
             continue
         missing = [s for s in (pair.word_count, pair.running_total) if s not in records]

@@ -178,3 +178,32 @@ def test_a_duplicated_batch_is_caught_when_the_jobs_batch_differently(
     assert not report.success
     # word_count batch 3 / running_total batch 1 is the first point after the duplicate
     assert "word_count_batch=3, running_total_batch=1" in report.message()
+
+
+def test_streams_that_read_the_same_input_are_paired_beside_the_configured_pairs() -> None:
+    from streamops.quality import pairs_to_reconcile
+    from streamops.registry import StreamRecord
+
+    def record(stream: str, job: str, input_: str, **params: object) -> StreamRecord:
+        return StreamRecord(
+            stream, job, f"/ck/{stream}", f"/sink/{stream}", input_, None, params=params
+        )
+
+    records = [
+        record("wc_a", "word_count", "/in/a"),
+        record("wc_a_windowed", "word_count", "/in/a", window="30 seconds"),
+        record("rt_a", "running_total", "/in/a"),
+        record("wc_b", "word_count", "/in/b"),
+        record("rt_b1", "running_total", "/in/b"),
+        record("rt_b2", "running_total", "/in/b"),
+        record("wc_socket", "word_count", ""),
+        record("rt_socket", "running_total", ""),
+        record("rt_c", "running_total", "/in/c"),
+    ]
+    configured = [ReconcilePair("word_count", "running_total"), ReconcilePair("wc_a", "rt_a")]
+    assert pairs_to_reconcile(configured, records) == [
+        ReconcilePair("word_count", "running_total"),
+        ReconcilePair("wc_a", "rt_a"),
+        ReconcilePair("wc_b", "rt_b1"),
+        ReconcilePair("wc_b", "rt_b2"),
+    ]

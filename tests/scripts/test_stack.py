@@ -1,22 +1,28 @@
 """The embedded stack (`make demo` / `make stop`): real Airflow standalone, real streams.
 
 `test_stack_starts_streams_and_stops_without_orphans` brings the whole stack up in a temporary
-AIRFLOW_HOME and data root on a free port (about 1-2 min on 2 cores), checks the API, the
-`spark_default` connection, both stream DAG runs and their sinks, the on-call surfaces
-(`tests/streamops/oncall_live.py`: Streams page in Chromium, API auth, metrics, CLI), then stops
-it and checks that no process of it is left. The other tests are quick checks of the feeder and
-the environment.
+AIRFLOW_HOME and data root on free ports (about 2 min on 2 cores), checks the API, the
+`spark_default` connection, the three streams' runs and sinks, lines typed into the socket
+stream, a fourth stream of the same job started with `bin/streamops` and its exact sink, the
+refusal of a duplicate stream name and of a duplicate checkpoint, the quality results of every
+stream, the on-call surfaces (`tests/streamops/oncall_live.py`: Streams page in Chromium at
+1,280 pixels, API auth, metrics, CLI, which stops one stream while the others go on), then stops
+it and checks that no process and no active run of it is left. The other tests are quick checks
+of the feeder and the environment.
 """
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -25,10 +31,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.streamops.oncall_live import check_on_call_surfaces
+from tests.conftest import ROOT, drop_file, read_sink
+from tests.streamops.oncall_live import check_on_call_surfaces, cli, streams_by_name
 
-STREAM_DAGS = {"word_count_stream": "word_count", "running_total_stream": "running_total"}
+# The demo's streams and their DAGs.
+STREAMS = {
+    "word_count": "word_count_stream",
+    "running_total": "running_total_stream",
+    "word_count_socket": "word_count_stream",
+}
 
 
 def load_script(name: str) -> ModuleType:
@@ -68,6 +79,50 @@ def api_get(port: int, path: str, token: str | None = None) -> Any:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def api_post(port: int, path: str, body: object, token: str) -> Any:
+    """POST to an Airflow REST path; its JSON."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def sink_counts(data: Path, stream: str) -> dict[str, int]:
+    """Each word's count summed over a word_count stream's sink."""
+    frame = read_sink(data / "streams" / stream / "sink")
+    if frame.empty:
+        return {}
+    return {str(k): int(v) for k, v in frame.groupby("word")["count"].sum().items()}
+
+
+def task_log(home: Path, dag_id: str, run_id: str) -> str:
+    """Every log file of a run's tasks (the task's and its trigger's), joined."""
+    folder = home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    return "".join(p.read_text(errors="replace") for p in sorted(folder.rglob("*.log*")))
+
+
+def refused(port: int, token: str, home: Path, conf: dict[str, Any], why: str) -> None:
+    """A word_count_stream run with `conf` fails at once, saying `why` and naming the run that
+    holds the stream (word_count_b's)."""
+    run = api_post(
+        port, "/api/v2/dags/word_count_stream/dagRuns", {"logical_date": None, "conf": conf}, token
+    )
+    path = f"/api/v2/dags/word_count_stream/dagRuns/{run['dag_run_id']}"
+    state = wait_for(
+        lambda: (s := api_get(port, path, token)["state"]) in ("failed", "success") and s,
+        180,
+        f"the run of {conf} to end",
+    )
+    log = task_log(home, "word_count_stream", run["dag_run_id"])
+    assert state == "failed", log[-3000:]
+    assert why in log, log[-3000:]
+    assert "word_count_stream/word_count_b__" in log, log[-3000:]
 
 
 def login(port: int, home: Path) -> str:
@@ -122,30 +177,44 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 @pytest.mark.slow
 def test_stack_starts_streams_and_stops_without_orphans(tmp_path: Path) -> None:  # noqa: PLR0915
     home, data = tmp_path / "airflow", tmp_path / "data"
-    port = stack.free_port()
+    port, socket_port = stack.free_port(), stack.free_port()
     where = ["--home", str(home), "--data-root", str(data), "--port", str(port)]
     timings: dict[str, float] = {}
     try:
         # When the stack starts
         t0 = time.monotonic()
-        started = run_stack("start", *where, "--feeder-interval", "2", timeout=900)
+        started = run_stack(
+            "start",
+            *where,
+            "--feeder-interval",
+            "2",
+            "--socket-port",
+            str(socket_port),
+            timeout=900,
+        )
         timings["start"] = time.monotonic() - t0
         assert started.returncode == 0, started.stderr[-4000:]
         # Then it printed how to reach and use it
         out = started.stdout
         assert f"http://localhost:{port}" in out
         assert re.search(r"login\s+admin / \S+", out)
-        for hint in ("nc -lk 9999", "mv ", "make stop"):
+        for hint in ("nc -lk 9999", f"nc localhost {socket_port}", "feeder.py --type", "mv "):
             assert hint in out
         # And the API answers, healthy
         health = api_get(port, "/api/v2/monitor/health")
         for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
             assert health[part]["status"] == "healthy", health
-        # And both stream DAGs have a running run
+        # And each stream has a running run of its DAG, whose id names the stream
         token = login(port, home)
-        for dag_id in STREAM_DAGS:
+        password = json.loads(stack.Stack(home, data, port).password_file.read_text())["admin"]
+        run_ids: dict[str, str] = {}
+        for dag_id in set(STREAMS.values()):
             runs = api_get(port, f"/api/v2/dags/{dag_id}/dagRuns?state=running", token)
-            assert runs["total_entries"] == 1, (dag_id, runs)
+            for run in runs["dag_runs"]:
+                run_ids[run["conf"]["stream"]] = run["dag_run_id"]
+        assert set(run_ids) == set(STREAMS), run_ids
+        for stream, run_id in run_ids.items():
+            assert run_id.startswith(f"{stream}__"), run_ids
         # And spark_default resolves to local[2] for Airflow's own CLI in the stack's environment
         env = stack.stack_env(stack.Stack(home, data, port), 0, 0)
         env.pop(stack.MARKER)
@@ -160,25 +229,85 @@ def test_stack_starts_streams_and_stops_without_orphans(tmp_path: Path) -> None:
         assert conn.returncode == 0, conn.stderr[-2000:]
         assert json.loads(conn.stdout)[0]["host"] == "local[2]"
         assert json.loads(conn.stdout)[0]["conn_type"] == "spark"
-        # And the fed text reaches both sinks
+        # And the fed text reaches every sink
         t1 = time.monotonic()
-        for stream in STREAM_DAGS.values():
+        for stream in STREAMS:
             sink = data / "streams" / stream / "sink"
             wait_for(lambda s=sink: list(s.glob("part-*.parquet")), 240, f"no sink file in {sink}")
         timings["sinks after start"] = time.monotonic() - t1
+        # And lines typed into the socket are counted, each batch printed into the run's log
+        with socket.create_connection(("127.0.0.1", socket_port), timeout=10) as typing:
+            typing.sendall(b"zebra typed zebra\n")
+        wait_for(
+            lambda: sink_counts(data, "word_count_socket").get("zebra") == 2,
+            120,
+            "the typed words in word_count_socket's sink",
+        )
+        socket_log = task_log(home, "word_count_stream", run_ids["word_count_socket"])
+        assert "driver: Time: " in socket_log, socket_log[-3000:]
+
+        # When a fourth stream of the same job starts on an input of its own, with bin/streamops
+        drop_file(data / "streams/word_count_b/input", "b1.txt", "alpha beta\nalpha\n")
+        fourth = cli(port, password, "start", "word_count_b", "--dag", "word_count_stream")
+        assert fourth.returncode == 0, fourth.stderr
+        # Then it runs beside the others, and its sink holds exactly its input's counts
+        wait_for(
+            lambda: sink_counts(data, "word_count_b") == {"alpha": 2, "beta": 1},
+            240,
+            f"word_count_b's counts (has {sink_counts(data, 'word_count_b')})",
+        )
+        # And a run for a stream name another run holds is refused, naming that run (its own
+        # checkpoint, so that the name, not the lease, refuses it)
+        refused(
+            port,
+            token,
+            home,
+            {"stream": "word_count_b", "checkpoint": "streams/word_count_b2/checkpoint"},
+            "is already run by word_count_stream/word_count_b__",
+        )
+        # And so is a stream on another stream's checkpoint, naming the driver that holds it
+        refused(
+            port,
+            token,
+            home,
+            {"stream": "word_count_c", "checkpoint": "streams/word_count_b/checkpoint"},
+            "is leased by stream word_count_b, pid ",
+        )
         # And status reports both streams running, with the stack's memory
         status = run_stack("status", "-v", *where, timeout=120)
         assert status.returncode == 0
-        for stream in STREAM_DAGS.values():
+        for stream in STREAMS:
             assert re.search(rf"{stream}\s+running", status.stdout), status.stdout
+        # And every stream's sink passed its quality checks (sink_quality, unpaused by the stack)
+        t4 = time.monotonic()
+        wait_for(
+            lambda: all(
+                (streams_by_name(port, token)[s].get("quality") or {}).get("success")
+                for s in STREAMS
+            ),
+            600,
+            "a passed quality check of every stream",
+        )
+        timings["quality results"] = time.monotonic() - t4
         rss = re.search(r"processes\s+(\d+), RSS (\d+) MiB summed \(PSS (\d+) MiB", status.stdout)
         assert rss, status.stdout
         print(f"stack memory: {rss[1]} processes, RSS {rss[2]} MiB, PSS {rss[3]} MiB")
         # And the on-call surfaces work on it: Streams page, API, metrics, CLI (stops word_count)
         t3 = time.monotonic()
-        password = json.loads(stack.Stack(home, data, port).password_file.read_text())["admin"]
         check_on_call_surfaces(port, token, password)
         timings["on-call surfaces"] = time.monotonic() - t3
+        # And stopping word_count left the other streams of its job running: word_count_b
+        # counts a new file
+        drop_file(data / "streams/word_count_b/input", "b2.txt", "beta gamma\n")
+        wait_for(
+            lambda: sink_counts(data, "word_count_b") == {"alpha": 2, "beta": 2, "gamma": 1},
+            120,
+            f"word_count_b's new counts (has {sink_counts(data, 'word_count_b')})",
+        )
+        states = {name: s["state"] for name, s in streams_by_name(port, token).items()}
+        assert states["word_count"] == "stopped", states
+        for name in ("word_count_socket", "word_count_b", "running_total"):
+            assert states[name] in ("running", "falling_behind"), states
         # When it stops
         t2 = time.monotonic()
         stopped = run_stack("stop", *where, timeout=300)
@@ -188,12 +317,14 @@ def test_stack_starts_streams_and_stops_without_orphans(tmp_path: Path) -> None:
         assert re.search(r"stopped \d+ processes; none left", stopped.stdout)
         assert processes_of(home) == []
         assert stack.stack_processes(home) == []
-        # And both streams ended at a batch boundary: their runs succeeded
+        # And every stream ended at a batch boundary: its run succeeded; only the two refused
+        # runs failed, and no run is left queued or running
         with sqlite3.connect(home / "airflow.db") as db:
-            states = dict(db.execute("SELECT dag_id, state FROM dag_run").fetchall())
-        assert {dag_id: states.get(dag_id) for dag_id in STREAM_DAGS} == dict.fromkeys(
-            STREAM_DAGS, "success"
-        )
+            ended = db.execute(
+                "SELECT run_id, state FROM dag_run WHERE dag_id LIKE '%_stream'"
+            ).fetchall()
+        states = collections.Counter(state for _, state in ended)
+        assert states == {"success": 4, "failed": 2}, ended
     finally:
         print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
         if processes_of(home) or stack.stack_processes(home):
@@ -256,3 +387,33 @@ def test_feeder_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> Non
         feeder.parse_args(["--interval", "0"])
     assert exited.value.code == 2
     assert "--interval: must be greater than 0" in capsys.readouterr().err
+
+
+def test_feeder_socket_relays_lines_like_nc_lk(tmp_path: Path) -> None:
+    port = stack.free_port()
+    relay = feeder.LineRelay(port)
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    try:
+        # Given a reader (the socket stream) and a person typing, both connected
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as reader,
+            socket.create_connection(("127.0.0.1", port), timeout=5) as typist,
+        ):
+            wait_for(lambda: len(relay.clients) == 2, 10, "both clients registered")
+            # When the feeder sends a sample and the person types a line
+            relay.send("hello spark\n")
+            typist.sendall(b"typed words\n")
+            # Then the reader gets both, and the typist only what it did not send itself
+            got = b""
+            while got.count(b"\n") < 2:
+                got += reader.recv(1024)
+            assert got.decode().splitlines() == ["hello spark", "typed words"]
+            assert typist.recv(1024) == b"hello spark\n"
+    finally:
+        relay.shutdown()
+        relay.server_close()
+
+
+def test_feeder_type_says_when_nothing_listens(capsys: pytest.CaptureFixture[str]) -> None:
+    assert feeder.main(["--type", "--socket-port", str(stack.free_port())]) == 1
+    assert "nothing listens on 127.0.0.1:" in capsys.readouterr().err

@@ -7,9 +7,10 @@ runs both streams, so the suite starts Airflow once for both. Steps:
 2. `/streamops/metrics` parses with prometheus_client's parser and has both streams;
 3. `bin/streamops status` prints both streams; its exit code agrees with their health;
 4. `bin/streamops stop word_count --wait` stops one stream through `stream_control`;
-5. headless Chromium (Debian's `chromium`), signed in with the UI's session cookie, opens the
-   Airflow UI at `/plugin/streams`; the page, inside the UI, shows `word_count` stopped and
-   `running_total` running. A screenshot is kept in `$STREAMOPS_TEST_ARTIFACTS` (default
+5. headless Chromium (Debian's `chromium`) in a 1,280-pixel window, signed in with the UI's
+   session cookie, opens the Airflow UI at `/plugin/streams`; the page, inside the UI, shows
+   `word_count` stopped and `running_total` running, with every stream's row, and neither the
+   UI nor the page scrolls sideways. A screenshot is kept in `$STREAMOPS_TEST_ARTIFACTS` (default
    `<repo>/.artifacts/`).
 """
 
@@ -127,7 +128,8 @@ def check_page(port: int, token: str) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
-            context = browser.new_context(viewport={"width": 1600, "height": 900})
+            # A 1,280-pixel window: the page must fit it without scrolling sideways.
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
             # The cookie the UI's login sets; the api-server reads it for the plugin's API too.
             context.add_cookies([{"name": "_token", "value": token, "url": base}])
             page = context.new_page()
@@ -153,6 +155,12 @@ def check_page(port: int, token: str) -> None:
                     pytest.fail(f"the Streams page shows {states}")
                 time.sleep(2)
             assert "streams" in frame.inner_text("#summary")
+            width = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+            for where, (scroll, client) in (
+                ("the Airflow UI", page.evaluate(width)),
+                ("the Streams page's frame", frame.evaluate(width)),
+            ):
+                assert scroll <= client, f"{where} scrolls sideways: {scroll} > {client} px"
             shot = ARTIFACTS / "streams-page.png"
             page.screenshot(path=str(shot), full_page=True)
             frame_element.screenshot(path=str(ARTIFACTS / "streams-page-frame.png"))

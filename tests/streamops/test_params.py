@@ -86,6 +86,7 @@ def test_application_args_follow_the_job_cli() -> None:
             "shuffle_partitions": 4,
             "window": "30 seconds",
             "slide": "10 seconds",
+            "console": True,
         },
         root="s3://bucket/root",
     )
@@ -97,6 +98,7 @@ def test_application_args_follow_the_job_cli() -> None:
         "--trigger-interval", "5 seconds",
         "--max-files-per-trigger", "3",
         "--shuffle-partitions", "4",
+        "--console",
         "--window", "30 seconds",
         "--slide", "10 seconds",
     ]  # fmt: skip
@@ -106,12 +108,15 @@ def test_the_job_accepts_the_arguments_the_operator_builds(tmp_path: object) -> 
     from spark_jobs import running_total
 
     spec = StreamSpec.from_params(
-        "running_total", {"stream": "rt", "source": "socket", "socket_port": 9000}, root="/d"
+        "running_total",
+        {"stream": "rt", "source": "socket", "socket_port": 9000, "console": True},
+        root="/d",
     )
     args = running_total.parse_args(spec.application_args())
-    assert (args.source, args.host, args.port, args.sink) == (
+    assert (args.source, args.host, args.port, args.sink, args.console) == (
         "socket",
         "localhost",
         9000,
         "/d/streams/rt/sink",
+        True,
     )
