@@ -4,9 +4,19 @@
 Checks, every minute, each stream that should be running (started by its stream DAG and not
 stopped with `stream_control`). One mapped `check_stream` task per stream: it **fails when the
 stream breaches a threshold**, with one line per breach, worst first, each naming the stream, the
-signal, the value and what to do. A failed check alerts once (log, `<data root>/_streamops/
-alerts.jsonl`, and Slack / e-mail when the `streamops_slack` / `streamops_smtp` connections
-exist). The schedule is the retry: the next run checks again.
+signal, the value and what to do.
+
+**Incidents, not alert storms.** Each (stream, signal) that breaks is one incident
+(`streamops/incidents.py`, kept in `<data root>/_streamops/incidents/`): one *firing*
+notification when it opens, nothing while it lasts, a *reminder* every
+`$STREAMOPS_ALERT_REPEAT_SECONDS` (4 h), one *resolved* notification, with how long it lasted, at
+the first passing check. A stream that breaks again within `$STREAMOPS_ALERT_FLAP_SECONDS` (15
+min) of recovering reopens the same incident: one *flapping* notice, and *resolved* once it has
+stayed resolved that long. Notifications go to `<data root>/_streamops/alerts.jsonl`, and to
+Slack, e-mail and a webhook (Alertmanager's payload, with a dedup key per incident) when the
+`streamops_slack`, `streamops_smtp` and `streamops_webhook` connections exist. A channel that
+fails is retried at the next check, as the task log says. A stream stopped on purpose has its
+incidents resolved.
 
 Signals (default thresholds in brackets):
 
@@ -78,14 +88,16 @@ with DAG(
         "retries": 0,
         # A check must never hang the next minute's run (max_active_runs=1).
         "execution_timeout": timedelta(minutes=2),
-        # Called once, when a task has failed for good: one alert per failed check.
-        "on_failure_callback": StreamAlertNotifier(),
     },
 ) as dag:
-
-    @task
+    # A failure of the listing itself alerts (once per failed task); the checks notify through
+    # their incidents instead.
+    @task(on_failure_callback=StreamAlertNotifier())
     def list_streams() -> list[str]:
-        """The names of the registered streams that should be running."""
+        """The names of the registered streams that should be running; resolves the incidents
+        of the others (stopped on purpose, or no longer registered)."""
+        from datetime import UTC, datetime
+
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -106,11 +118,19 @@ with DAG(
         ]
         stopped = sorted({record.stream for record in records} - set(wanted))
         print(f"checking {len(wanted)} streams: {wanted}; not expected to run: {stopped}")
+        if not only:
+            from streamops.incidents import IncidentStore, update
+            from streamops.notifiers import IncidentChannels
+
+            for stream in sorted({i.stream for i in IncidentStore().all()} - set(wanted)):
+                print(f"stream {stream}: not expected to run: resolving its incidents")
+                update(stream, [], datetime.now(UTC), IncidentChannels())
         return wanted
 
     @task(map_index_template="{{ stream }}")
     def check_stream(stream: str) -> dict[str, Any]:
-        """Evaluate one stream's health; fail with one line per breach, worst first."""
+        """Evaluate one stream's health, update its incidents (and notify), fail with one line
+        per breach, worst first."""
         from datetime import UTC, datetime
 
         from airflow.sdk import get_current_context
@@ -119,41 +139,56 @@ with DAG(
         from spark_jobs.layout import CheckpointLayout
         from spark_jobs.status import read_status
         from streamops import registry
-        from streamops.health import HealthThresholds, backlog_of, evaluate, parse_time
+        from streamops.health import Breach, HealthThresholds, backlog_of, evaluate, parse_time
+        from streamops.incidents import AlertSettings, update
+        from streamops.notifiers import IncidentChannels
 
         context = get_current_context()
         context["stream"] = stream  # type: ignore[typeddict-unknown-key]  # names the map index
         try:
             thresholds = HealthThresholds.from_env()
+            settings = AlertSettings.from_env()
         except ValueError as err:
             raise AirflowFailException(
-                f"stream {stream}: invalid health thresholds: {err}"
+                f"stream {stream}: invalid health or alert settings: {err}"
             ) from err
         record = registry.load(stream)
         if record is None:
             return {"stream": stream, "checked": False, "reason": "no longer registered"}
+        now = datetime.now(UTC)
+        status = backlog = None
         try:
             status = read_status(record.checkpoint)
         except (ValueError, TypeError, OSError) as err:
-            raise AirflowFailException(
-                f"stream {stream}: not_running (its status file "
-                f"{CheckpointLayout.of(record.checkpoint).status_file} is unreadable: {err}) — "
-                "check the job's log; the next batch rewrites the file"
-            ) from err
-        problems: list[str] = []
-        try:
-            backlog = backlog_of(record)
-        except OSError as err:
-            backlog = None
-            problems.append(
-                f"stream {stream}: backlog unknown (cannot list {record.input} or read the "
-                f"checkpoint's source log: {err}) — check the workers' access to the data root"
-            )
-        now = datetime.now(UTC)
-        breaches = evaluate(record, status, now, thresholds, backlog)
-        lines = [breach.message for breach in breaches] + problems
-        if lines:
-            raise AirflowFailException("\n".join(lines))
+            breaches = [
+                Breach(
+                    stream,
+                    "not_running",
+                    "status unreadable",
+                    f"stream {stream}: not_running (its status file "
+                    f"{CheckpointLayout.of(record.checkpoint).status_file} is unreadable: {err})"
+                    " — check the job's log; the next batch rewrites the file",
+                )
+            ]
+        else:
+            breaches = []
+            try:
+                backlog = backlog_of(record)
+            except OSError as err:
+                breaches.append(
+                    Breach(
+                        stream,
+                        "check_error",
+                        "backlog unknown",
+                        f"stream {stream}: backlog unknown (cannot list {record.input} or read "
+                        f"the checkpoint's source log: {err}) — check the workers' access to "
+                        "the data root",
+                    )
+                )
+            breaches = evaluate(record, status, now, thresholds, backlog) + breaches
+        update(stream, breaches, now, IncidentChannels(), settings)
+        if breaches:
+            raise AirflowFailException("\n".join(breach.message for breach in breaches))
         return {
             "stream": stream,
             "checked": True,
@@ -165,7 +200,7 @@ with DAG(
             "backlog_files": backlog.files if backlog else None,
         }
 
-    @task
+    @task(on_failure_callback=StreamAlertNotifier())
     def stop_orphan_drivers() -> list[str]:
         """Ask every live driver whose stream DAG run is no longer active to stop."""
         from airflow.sdk import get_current_context

@@ -288,6 +288,13 @@ def status_table(view: dict[str, Any]) -> str:
             )
         )
         notes += [f"  {b['message']}" for b in s["breaches"]]
+        notes += [
+            f"  stream {s['stream']}: incident {i['signal']} open for {_age(i['age_seconds'])}"
+            f" since {i['opened_at']} ({i['checks']} checks"
+            + (f", {i['flaps']} flaps" if i["flaps"] else "")
+            + ")"
+            for i in s.get("incidents", [])
+        ]
         if s["state"] in ("failed", "restarting") and s.get("last_error"):
             notes.append(f"  stream {s['stream']}: last error: {s['last_error']}")
         if quality and not quality["success"]:

@@ -19,6 +19,8 @@ Names follow Prometheus conventions: `streamops_` prefix, base units in the name
 | `streamops_stream_state_rows` | gauge | rows in the query's state store (stateful jobs) |
 | `streamops_stream_backlog_files`, `_backlog_bytes` | gauge | input not yet read |
 | `streamops_stream_restarts_total` | counter | restarts by the supervisor |
+| `streamops_incident_open` | gauge | 1 per open incident (labels `stream`, `signal`) |
+| `streamops_incident_opened_timestamp_seconds` | gauge | when each open incident opened |
 | `streamops_checkpoint_size_bytes` | gauge | bytes in the checkpoint |
 | `streamops_checkpoint_generation` | gauge | rotations so far |
 | `streamops_checkpoint_snapshots` | gauge | snapshots kept |
@@ -88,6 +90,16 @@ class OverviewCollector(Collector):
             "1 for each health signal over its threshold.",
             labels=["stream", "signal"],
         )
+        incident_open = GaugeMetricFamily(
+            "streamops_incident_open",
+            "1 for each open incident (stream_health: one per stream and signal).",
+            labels=["stream", "signal"],
+        )
+        incident_opened = GaugeMetricFamily(
+            "streamops_incident_opened_timestamp_seconds",
+            "When each open incident opened (Unix time).",
+            labels=["stream", "signal"],
+        )
         restarts = CounterMetricFamily(
             "streamops_stream_restarts",
             "Restarts of the stream's job by its supervisor.",
@@ -100,8 +112,14 @@ class OverviewCollector(Collector):
             for signal in SIGNALS:
                 breach.add_metric([stream.stream, signal], float(signal in breached))
             restarts.add_metric([stream.stream], float(stream.restarts_total))
+            for incident in stream.incidents:
+                labels = [stream.stream, incident["signal"]]
+                incident_open.add_metric(labels, 1.0)
+                incident_opened.add_metric(labels, parse_time(incident["opened_at"]).timestamp())
         yield state
         yield breach
+        yield incident_open
+        yield incident_opened
         yield restarts
         yield _gauge(
             "streamops_stream_desired_running",

@@ -1,4 +1,13 @@
-"""`StreamAlertNotifier`: tells people that a stream task failed, once per failed task.
+"""How people are told: `IncidentChannels` for stream incidents, `StreamAlertNotifier` for failed
+tasks.
+
+`IncidentChannels` sends the notifications of `streamops.incidents` (firing, reminder, flapping,
+resolved) to the alerts file, Slack, e-mail and a webhook (`streamops_webhook`: an `http`
+connection; the body is Alertmanager's webhook payload, version 4, with the incident's dedup
+key as `groupKey` and as each alert's `fingerprint`, so Alertmanager, PagerDuty or Opsgenie can
+take it). It reports which channels failed, for the incident to retry them.
+
+`StreamAlertNotifier` tells people that a task failed, once per failed task.
 
 Use it as a task's `on_failure_callback`: Airflow calls that only when the task has failed for
 good (not before each retry), so one failure is one alert. Every alert is logged and appended as
@@ -17,9 +26,11 @@ warning. A channel that fails is logged and does not stop the others.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib
 import json
+import os
 import posixpath
 import re
 from datetime import UTC, datetime
@@ -38,6 +49,8 @@ if TYPE_CHECKING:
 
 SLACK_CONN_ID = "streamops_slack"
 SMTP_CONN_ID = "streamops_smtp"
+WEBHOOK_CONN_ID = "streamops_webhook"
+DEFAULT_BASE_URL = "http://localhost:8080"
 STREAM_IN_MESSAGE = re.compile(r"^stream ([a-z][a-z0-9_]*)\b")
 
 
@@ -180,3 +193,162 @@ def _text(alert: dict[str, Any]) -> str:
     if alert.get("map_index") not in (None, -1):
         where += f"[{alert['map_index']}]"
     return f"{alert['message']}\n{where}, run {alert['run_id']}, at {alert['time']}"
+
+
+def ui_base_url() -> str:
+    """Where people open Airflow: `[api] base_url`, else `$STREAMOPS_UI_URL`, else localhost."""
+    from airflow.configuration import conf
+
+    url = conf.get("api", "base_url", fallback=None) or os.environ.get("STREAMOPS_UI_URL")
+    return (url or DEFAULT_BASE_URL).rstrip("/")
+
+
+def incident_links(event: dict[str, Any]) -> dict[str, str]:
+    """The runbook section of the incident's signal, and the Streams page."""
+    base = ui_base_url()
+    return {
+        "runbook": f"{base}/streamops/runbook#{event['signal']}",
+        "page": f"{base}/plugin/streams",
+    }
+
+
+def incident_text(event: dict[str, Any]) -> str:
+    """A notification as text (Slack, e-mail, logs)."""
+    links = incident_links(event)
+    lines = [f"[{event['kind'].upper()}] {event['headline']}"]
+    if event["kind"] != "resolved":
+        lines.append(event["message"])
+    if event.get("note"):
+        lines.append(event["note"])
+    lines += [
+        f"value {event['value']} · since {event['opened_at']} · {event['checks']} checks"
+        + (f" · {event['flaps']} flaps" if event["flaps"] else ""),
+        f"runbook: {links['runbook']}",
+        f"Streams page: {links['page']}",
+        f"incident: {event['dedup_key']}",
+    ]
+    return "\n".join(lines)
+
+
+def alertmanager_payload(event: dict[str, Any]) -> dict[str, Any]:
+    """Alertmanager's webhook payload (version 4) for one notification of an incident."""
+    links = incident_links(event)
+    fingerprint = hashlib.sha256(event["dedup_key"].encode()).hexdigest()[:16]
+    labels = {
+        "alertname": f"streamops_{event['signal']}",
+        "stream": event["stream"],
+        "signal": event["signal"],
+        "severity": "page",
+    }
+    annotations = {
+        "summary": event["headline"],
+        "description": event["message"],
+        "runbook_url": links["runbook"],
+        "dedup_key": event["dedup_key"],
+        "kind": event["kind"],
+        "flaps": str(event["flaps"]),
+    }
+    return {
+        "version": "4",
+        "groupKey": event["dedup_key"],
+        "truncatedAlerts": 0,
+        "status": event["status"],
+        "receiver": "streamops",
+        "groupLabels": {"stream": event["stream"], "signal": event["signal"]},
+        "commonLabels": labels,
+        "commonAnnotations": annotations,
+        "externalURL": links["page"],
+        "alerts": [
+            {
+                "status": event["status"],
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": event["opened_at"],
+                "endsAt": event["resolved_at"] or "0001-01-01T00:00:00Z",
+                "generatorURL": links["page"],
+                "fingerprint": fingerprint,
+            }
+        ],
+    }
+
+
+class IncidentChannels:
+    """Sends incident notifications; each channel's failure is reported, never raised.
+
+    Channels: `alerts file` (always), `Slack`, `e-mail` and `webhook` (when their connection
+    exists). Call it with a notification and, for a retry, the channels still due.
+    """
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root
+        self.helper = StreamAlertNotifier(root)
+        self.log = self.helper.log
+
+    def __call__(self, event: dict[str, Any], channels: list[str] | None = None) -> list[str]:
+        senders = {
+            "alerts file": self._write,
+            "Slack": self._slack,
+            "e-mail": self._email,
+            "webhook": self._webhook,
+        }
+        failed = []
+        for name, send in senders.items():
+            if channels is not None and name not in channels:
+                continue
+            try:
+                send(event)
+            except Exception as err:
+                self.log.warning(
+                    "could not send the %s notification by %s: %s", event["kind"], name, err
+                )
+                failed.append(name)
+        return failed
+
+    def _write(self, event: dict[str, Any]) -> None:
+        line = dict(
+            event, message=event["headline"] if event["kind"] != "firing" else event["message"]
+        )
+        append_line(alerts_file(self.root), json.dumps(line))
+
+    def _slack(self, event: dict[str, Any]) -> None:
+        if self.helper._connection(SLACK_CONN_ID) is None:
+            return
+        provider = self.helper._provider(
+            "airflow.providers.slack.hooks.slack_webhook",
+            SLACK_CONN_ID,
+            "apache-airflow-providers-slack",
+        )
+        if provider is not None:
+            provider.SlackWebhookHook(slack_webhook_conn_id=SLACK_CONN_ID).send_text(
+                incident_text(event)
+            )
+
+    def _email(self, event: dict[str, Any]) -> None:
+        conn = self.helper._connection(SMTP_CONN_ID)
+        if conn is None:
+            return
+        provider = self.helper._provider(
+            "airflow.providers.smtp.hooks.smtp", SMTP_CONN_ID, "apache-airflow-providers-smtp"
+        )
+        to = str(conn.extra_dejson.get("to") or "").strip()
+        if provider is None or not to:
+            return
+        with provider.SmtpHook(smtp_conn_id=SMTP_CONN_ID) as hook:
+            hook.send_email_smtp(
+                to=[address.strip() for address in to.split(",") if address.strip()],
+                subject=f"[streamops] [{event['kind'].upper()}] {event['headline']}"[:200],
+                html_content=f"<pre>{html.escape(incident_text(event))}</pre>",
+            )
+
+    def _webhook(self, event: dict[str, Any]) -> None:
+        conn = self.helper._connection(WEBHOOK_CONN_ID)
+        if conn is None:
+            return
+        from airflow.providers.http.hooks.http import HttpHook
+
+        hook = HttpHook(method="POST", http_conn_id=WEBHOOK_CONN_ID)
+        hook.run(
+            endpoint=str(conn.extra_dejson.get("endpoint") or ""),
+            json=alertmanager_payload(event),
+            extra_options={"timeout": 10},
+        )

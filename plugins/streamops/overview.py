@@ -9,8 +9,8 @@ root and judges it with the same rules as the `stream_health` DAG (`streamops.he
   driver holds the checkpoint, and whether it is alive;
 - the input backlog (from the checkpoint's file-source log), the checkpoint's generation, size
   and snapshots;
-- the newest quality result (`_streamops/quality/history.jsonl`) and recent alerts
-  (`_streamops/alerts.jsonl`).
+- the newest quality result (`_streamops/quality/history.jsonl`), recent alerts
+  (`_streamops/alerts.jsonl`), open and lately resolved incidents (`_streamops/incidents/`).
 
 Each stream gets one state, for a human at a glance:
 
@@ -54,6 +54,7 @@ from streamops.health import (
     evaluate,
     parse_time,
 )
+from streamops.incidents import Incident, IncidentStore
 
 State = Literal[
     "running", "starting", "falling_behind", "stalled", "restarting", "failed", "stopped"
@@ -72,6 +73,8 @@ LAGGING = ("falling_behind", "backlog", "slow_batches")
 # Listings (checkpoint size, snapshots, backlog) are cached this long per stream.
 CACHE_SECONDS = 15.0
 RECENT_ALERTS = 10
+# Resolved incidents listed on the page.
+RECENT_INCIDENTS = 10
 # Only the end of the alerts file is read: enough for the recent alerts of every stream.
 ALERTS_TAIL_BYTES = 256 * 1024
 
@@ -153,6 +156,8 @@ class StreamOverview:
     params: dict[str, Any] = field(default_factory=dict)
     recent_batches: list[BatchPoint] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    # Its open incidents (`streamops.incidents`), oldest first.
+    incidents: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -167,6 +172,8 @@ class Overview:
     data_root: str
     streams: list[StreamOverview]
     problems: list[str]
+    # Incidents resolved lately (any stream), newest first.
+    recent_incidents: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -181,6 +188,7 @@ class Overview:
             "healthy": self.healthy,
             "streams": [s.to_dict() for s in self.streams],
             "problems": self.problems,
+            "recent_incidents": self.recent_incidents,
         }
 
 
@@ -245,12 +253,53 @@ def overview(
             )
         except (OSError, ValueError, TypeError) as err:
             problems.append(f"stream {record.stream}: cannot read its files: {err}")
+    recent = read_incidents(root, now, streams, problems)
     return Overview(
         generated_at=now.isoformat(timespec="seconds"),
         data_root=root,
         streams=streams,
         problems=problems,
+        recent_incidents=recent,
     )
+
+
+def incident_view(incident: Incident, now: datetime) -> dict[str, Any]:
+    """An incident as the page, the CLI and the metrics show it."""
+    return {
+        "stream": incident.stream,
+        "signal": incident.signal,
+        "state": incident.state,
+        "opened_at": incident.opened_at,
+        "resolved_at": incident.resolved_at,
+        "age_seconds": round((now - datetime.fromisoformat(incident.opened_at)).total_seconds()),
+        "duration_seconds": round(incident.duration(now).total_seconds()),
+        "value": incident.value,
+        "message": incident.message,
+        "checks": incident.checks,
+        "flaps": incident.flaps,
+        "reminders": incident.reminders,
+        "dedup_key": incident.dedup_key,
+    }
+
+
+def read_incidents(
+    root: str, now: datetime, streams: list[StreamOverview], problems: list[str]
+) -> list[dict[str, Any]]:
+    """Attach each stream's open incidents to it; the incidents resolved lately, newest first."""
+    store = IncidentStore(root)
+    try:
+        current = store.all()
+        closed = store.recent_closed(RECENT_INCIDENTS)
+    except (OSError, ValueError, TypeError) as err:
+        problems.append(f"cannot read the incidents in {store.folder}: {err}")
+        return []
+    by_stream = {s.stream: s for s in streams}
+    for incident in current:
+        if incident.state == "firing" and incident.stream in by_stream:
+            by_stream[incident.stream].incidents.append(incident_view(incident, now))
+    resolved = [i for i in current if i.state == "resolved"] + closed
+    resolved.sort(key=lambda i: i.resolved_at or "", reverse=True)
+    return [incident_view(i, now) for i in resolved[:RECENT_INCIDENTS]]
 
 
 def recent_alerts(root: str, problems: list[str]) -> list[dict[str, Any]]:

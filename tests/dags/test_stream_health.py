@@ -15,9 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+from typing import Any, ClassVar
 
 import pytest
 
@@ -33,11 +37,13 @@ from tests.dags.conftest import airflow_env, run_state
 DAG_FILE = ROOT / "dags" / "stream_health.py"
 
 
-def run_health_dag(airflow_home: Path, data_root: Path) -> subprocess.CompletedProcess[str]:
+def run_health_dag(
+    airflow_home: Path, data_root: Path, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     """One run of the DAG through `dag.test()`, as `python dags/stream_health.py` does it."""
     return subprocess.run(
         [sys.executable, str(DAG_FILE)],
-        env=airflow_env(airflow_home, data_root),
+        env=airflow_env(airflow_home, data_root, **extra_env),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -85,18 +91,48 @@ def dead_pid() -> int:
     return process.pid
 
 
+class Webhook(BaseHTTPRequestHandler):
+    """A local Alertmanager-style receiver: keeps each body; answers 503 while `down`."""
+
+    bodies: ClassVar[list[dict[str, Any]]] = []
+    down = False
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(503 if Webhook.down else 200)
+        self.end_headers()
+        if not Webhook.down:
+            Webhook.bodies.append(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[str]:
+    """The `streamops_webhook` connection of a receiver running in this test."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Webhook.bodies, Webhook.down = [], False
+    yield json.dumps({"conn_type": "http", "host": f"http://127.0.0.1:{server.server_port}"})
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.mark.airflow
-def test_a_stream_whose_driver_died_fails_its_check_and_alerts_once(
-    airflow_home: Path, tmp_path: Path, dead_pid: int
+def test_a_dead_driver_is_one_incident_notified_once_and_resolved_once(
+    airflow_home: Path, tmp_path: Path, dead_pid: int, webhook: str
 ) -> None:
     # Given a stream that should run, whose status says 'running' but whose driver is gone,
-    # and a stopped stream that must not be checked
+    # a stopped stream that must not be checked, and a webhook receiver that is down at first
     checkpoint = register(tmp_path, "word_count")
     write_status(running_status(checkpoint, dead_pid))
     stopped = register(tmp_path, "old_counts", desired="stopped")
     write_status(running_status(stopped, dead_pid))
+    env = {"AIRFLOW_CONN_STREAMOPS_WEBHOOK": webhook}
+    Webhook.down = True
     # When the health DAG runs
-    result = run_health_dag(airflow_home, tmp_path)
+    result = run_health_dag(airflow_home, tmp_path, **env)
     output = result.stdout + result.stderr
     # Then its check fails, naming the stream, the signal and the dead pid
     assert run_state(result) == "failed", output[-3000:]
@@ -106,17 +142,38 @@ def test_a_stream_whose_driver_died_fails_its_check_and_alerts_once(
         f"{socket.gethostname()}) is gone"
     )
     assert expected in output
-    # And exactly one alert was recorded, for that stream and task
-    lines = (tmp_path / "_streamops" / "alerts.jsonl").read_text().splitlines()
-    assert len(lines) == 1
-    alert = json.loads(lines[0])
-    assert alert["stream"] == "word_count"
-    assert (alert["dag_id"], alert["task_id"], alert["map_index"]) == (
-        "stream_health",
-        "check_stream",
-        0,
+    # And one incident opened, recorded once, its webhook delivery to be retried
+    assert "could not notify webhook of firing not_running: retried at the next check" in output
+    alerts = tmp_path / "_streamops" / "alerts.jsonl"
+    (alert,) = [json.loads(line) for line in alerts.read_text().splitlines()]
+    assert (alert["kind"], alert["stream"], alert["signal"]) == (
+        "firing",
+        "word_count",
+        "not_running",
     )
     assert alert["message"].startswith(expected)
+
+    # When the webhook is back and the health DAG runs again, the driver still gone
+    Webhook.down = False
+    again = run_health_dag(airflow_home, tmp_path, **env)
+    assert run_state(again) == "failed"
+    # Then nothing new was notified, but the webhook got the firing notification it missed
+    assert len(alerts.read_text().splitlines()) == 1
+    assert [b["status"] for b in Webhook.bodies] == ["firing"]
+
+    # When the driver is back and the health DAG runs
+    write_status(running_status(checkpoint, os.getpid()))
+    healed = run_health_dag(airflow_home, tmp_path, **env)
+    assert run_state(healed) == "success", (healed.stdout + healed.stderr)[-3000:]
+    # Then one resolved notification went out, everywhere, with the incident's dedup key
+    kinds = [json.loads(line)["kind"] for line in alerts.read_text().splitlines()]
+    assert kinds == ["firing", "resolved"]
+    assert [b["status"] for b in Webhook.bodies] == ["firing", "resolved"]
+    assert Webhook.bodies[0]["groupKey"] == Webhook.bodies[1]["groupKey"]
+    incident = json.loads(
+        (tmp_path / "_streamops/incidents/word_count~not_running.json").read_text()
+    )
+    assert (incident["state"], incident["checks"]) == ("resolved", 2)
 
 
 @pytest.mark.airflow
@@ -142,7 +199,7 @@ def load_dag_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-def test_the_dag_is_wired_for_one_alert_per_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_dag_is_wired_for_incidents(monkeypatch: pytest.MonkeyPatch) -> None:
     dag = load_dag_module(monkeypatch).dag
     assert dag.dag_id == "stream_health"
     assert dag.schedule == "*/5 * * * *"  # STREAMOPS_HEALTH_SCHEDULE, read at parse time
@@ -150,12 +207,14 @@ def test_the_dag_is_wired_for_one_alert_per_failed_check(monkeypatch: pytest.Mon
     assert set(dag.tags) == {"streaming", "monitoring"}
     assert dag.doc_md is not None
     assert "STREAMOPS_HEALTH_BACKLOG_FILES" in dag.doc_md
-    for task_id in ("list_streams", "check_stream"):
+    for task_id in ("list_streams", "check_stream", "stop_orphan_drivers"):
         task = dag.get_task(task_id)
         assert (task.owner, task.retries) == ("data-platform", 0)
-        callbacks = task.on_failure_callback
+        callbacks = task.on_failure_callback or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        assert [type(cb) for cb in callbacks] == [StreamAlertNotifier]
+        # A failed check notifies through its incident, not once per failed task
+        expected = [] if task_id == "check_stream" else [StreamAlertNotifier]
+        assert [type(cb) for cb in callbacks] == expected, task_id
     assert dag.get_task("check_stream").upstream_task_ids == {"list_streams"}
 
 

@@ -261,3 +261,39 @@ def test_a_restart_due_soon_is_pending_and_one_long_overdue_is_not() -> None:
     assert restart_pending(soon, NOW)
     assert not restart_pending(overdue, NOW)
     assert not restart_pending(make_record(), NOW)
+
+
+def test_open_and_resolved_incidents_reach_the_page_the_cli_and_the_metrics(
+    data_root: Path,
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamops.cli import status_table
+    from streamops.incidents import AlertSettings, IncidentStore, update
+    from streamops.metrics import render
+
+    # Given an incident of word_count open for 30 minutes, and one of totals resolved
+    store = IncidentStore(str(data_root))
+    settings = AlertSettings()
+    quiet = lambda *_: []  # noqa: E731  # no channel
+    opened = NOW - timedelta(minutes=30)
+    update("word_count", [breach("stalled")], opened, quiet, settings, store, log=print)
+    update("totals", [breach("backlog")], opened, quiet, settings, store, log=print)
+    update("totals", [], NOW - timedelta(minutes=5), quiet, settings, store, log=print)
+    # When the overview is read
+    view = overview(str(data_root), now=NOW, thresholds=HealthThresholds(), use_cache=False)
+    totals, words = view.streams
+    # Then word_count shows its open incident and its age; totals has none open
+    assert [(i["signal"], i["age_seconds"]) for i in words.incidents] == [("stalled", 1800)]
+    assert totals.incidents == []
+    assert [(i["stream"], i["signal"], i["duration_seconds"]) for i in view.recent_incidents] == [
+        ("totals", "backlog", 1500)
+    ]
+    # And the CLI prints it
+    assert "stream word_count: incident stalled open for 30m" in status_table(view.to_dict())
+    # And the metrics have it, with its opening time
+    families = {f.name: f for f in text_string_to_metric_families(render(view).decode())}
+    (sample,) = families["streamops_incident_open"].samples
+    assert (sample.labels, sample.value) == ({"stream": "word_count", "signal": "stalled"}, 1.0)
+    (opened_at,) = families["streamops_incident_opened_timestamp_seconds"].samples
+    assert opened_at.value == opened.replace(microsecond=0).timestamp()

@@ -131,3 +131,50 @@ def test_the_runbook_is_rendered(signed_in: TestClient) -> None:
     response = signed_in.get("/runbook")
     assert response.status_code == 200
     assert 'id="not_running"' in response.text
+
+
+def test_the_page_shows_open_incidents_and_those_resolved_lately(
+    signed_in: TestClient, root: Path
+) -> None:
+    """Headless Chromium renders the page from the app's own API answer."""
+    import shutil
+    from datetime import timedelta
+
+    from streamops.health import Breach
+    from streamops.incidents import AlertSettings, IncidentStore, update
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (scripts/system-deps.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    store, quiet = IncidentStore(str(root)), lambda *_: []
+    stalled = Breach("word_count", "stalled", "120 s", "stream word_count: stalled")
+    backlog = Breach("totals", "backlog", "200 files", "stream totals: backlog")
+    update("word_count", [stalled], NOW - timedelta(minutes=30), quiet, AlertSettings(), store)
+    update("totals", [backlog], NOW - timedelta(minutes=30), quiet, AlertSettings(), store)
+    update("totals", [], NOW - timedelta(minutes=5), quiet, AlertSettings(), store)
+    page_html = signed_in.get("/ui").text
+    api = signed_in.get("/api/streams").text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.route(
+                "**/api/streams", lambda r: r.fulfill(body=api, content_type="application/json")
+            )
+            page.route(
+                "http://streams.test/ui",
+                lambda r: r.fulfill(body=page_html, content_type="text/html"),
+            )
+            page.goto("http://streams.test/ui")
+            page.wait_for_selector("body[data-loaded='true']", timeout=30_000)
+            incident = page.inner_text("[data-incident='stalled']")
+            resolved = page.inner_text("#resolved")
+        finally:
+            browser.close()
+    assert errors == []
+    assert incident.startswith("incident stalled open for 30 min")
+    assert resolved == "2026-01-05 11:55:00 stream totals: backlog resolved after 25 min"
