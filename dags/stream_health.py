@@ -30,7 +30,8 @@ Signals (default thresholds in brackets):
 - `backlog`: files not yet read in the input folder, by count or size [100 files or 1 GiB].
 - `slow_batches`: each of the last K batches took longer than the trigger interval [K = 3].
 - `last_exception`: running again, but failed and was restarted within the window, or its status
-  reports an exception [30 min, the restart budget's window].
+  reports an exception [30 min, the restart budget's window]. Not for a hung driver its
+  supervisor restarted (`$STREAMOPS_STALL_RESTART_SECONDS`): its `stalled` incident says so.
 
 Within the stall limit of a (re)start, a stream whose job has not reported yet is taken as
 starting, not as a breach. Why these defaults: the floor of 60 s keeps a 1-second stream from
@@ -186,7 +187,8 @@ with DAG(
                     )
                 )
             breaches = evaluate(record, status, now, thresholds, backlog) + breaches
-        update(stream, breaches, now, IncidentChannels(), settings)
+        restart = (record.restarts[-1], record.last_error or "") if record.restarts else None
+        update(stream, breaches, now, IncidentChannels(), settings, restart=restart)
         if breaches:
             raise AirflowFailException("\n".join(breach.message for breach in breaches))
         return {

@@ -18,7 +18,8 @@ task's log. Paths are relative to the data root.
   *Run ID* to `<stream>__<anything>` so the grid reads as a list of streams (`bin/streamops
   start` does). *Console output* prints each batch's first words into this task's log.
 - A failed driver restarts from its checkpoint with backoff: at most 5 restarts in 30 minutes,
-  then the task fails and alerts.
+  then the task fails and alerts. So does a hung one: alive but without progress for
+  `$STREAMOPS_STALL_RESTART_SECONDS` (default 3 stall limits; 0: never), it is killed first.
 - **Stop** the stream with the `stream_control` DAG (action *stop*): it ends at a batch boundary
   and this run succeeds. Marking the task failed or success, or clearing it, stops the driver
   (SIGKILL after 15 s).

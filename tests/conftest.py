@@ -69,11 +69,20 @@ def run_available_now(spark: SparkSession, job: ModuleType, argv: list[str]) -> 
 
     args = job.parse_args([*argv, "--available-now"])
     started = runner.start(spark, job.spec_for(args), args)
+    from spark_jobs.status import read_status
+
     try:
         started.query.awaitTermination()
     finally:
         started.query.stop()
-        time.sleep(0.2)  # let the listener see the termination before it is removed
+        # Let the listener record the termination (delivered asynchronously, late on a busy
+        # machine) before it is removed.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            status = read_status(args.checkpoint)
+            if status is not None and status.state not in ("starting", "running"):
+                break
+            time.sleep(0.1)
         spark.streams.removeListener(started.listener)
 
 

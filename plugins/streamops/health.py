@@ -437,6 +437,9 @@ class _Checker:
                     f"read the error in the {self.dag} run's log",
                 )
             ]
+        if self.record.last_error_kind == "hung":
+            # Restarted by its supervisor for making no progress: its `stalled` incident says so.
+            return []
         window = timedelta(seconds=self.thresholds.exception_window_seconds)
         recent = [t for t in _times(self.record.restarts) if self.now - t <= window]
         if not recent or not self.record.last_error:

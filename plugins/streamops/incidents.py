@@ -99,6 +99,8 @@ class Incident:
     resolve_notified: bool = False
     last_notified_at: str | None = None
     reminders: int = 0
+    # When the supervisor restarted the stream's driver during the incident, and why.
+    restarted: str | None = None
     # Notifications not yet delivered: {"event": {...}, "channels": [names]}.
     undelivered: list[dict[str, Any]] = field(default_factory=list)
 
@@ -256,15 +258,20 @@ def update(  # noqa: PLR0917
     settings: AlertSettings | None = None,
     store: IncidentStore | None = None,
     log: Callable[[str], None] = print,
+    restart: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Apply one check of `stream` (its breaches; none when it passed) to its incidents.
 
-    Returns the notifications it sent (or tried to send); each goes through `send`, and what a
-    channel failed to deliver is retried at the next call for this stream.
+    `restart` is the stream's last restart by its supervisor (when, why): an incident open at
+    that time says so in its record and in its notifications from then on. Returns the
+    notifications it sent (or tried to send); each goes through `send`, and what a channel
+    failed to deliver is retried at the next call for this stream.
     """
     store = store or IncidentStore()
     with store.locked():
         check = _Check(stream, now, settings or AlertSettings.from_env(), store, log)
+        if restart is not None:
+            check.restarted(*restart)
         for breach in breaches:
             check.failed(breach)
         check.passed_the_rest()
@@ -298,9 +305,18 @@ class _Check:
                 self.outbox.append((incident, pending["event"], list(pending["channels"])))
             incident.undelivered = []
 
+    def restarted(self, when: str, why: str) -> None:
+        """Note a restart of the driver on every incident that was open at that time."""
+        moment = _time(when.replace("Z", "+00:00"))
+        for incident in self.current.values():
+            if _time(incident.opened_at) <= moment and (
+                incident.resolved_at is None or moment <= _time(incident.resolved_at)
+            ):
+                incident.restarted = f"its driver was restarted at {_iso(moment)}: {why}"
+
     def notify(self, incident: Incident, kind: Kind) -> None:
         incident.last_notified_at = _iso(self.now)
-        self.outbox.append((incident, event(incident, kind, self.now), None))
+        self.outbox.append((incident, event(incident, kind, self.now, incident.restarted), None))
 
     def since(self, text: str | None) -> timedelta:
         return self.now - _time(text) if text else timedelta(0)

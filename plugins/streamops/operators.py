@@ -154,6 +154,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
             restarts=old.restarts if old and same_run else [],
             failures=old.failures if old and same_run else [],
             last_error=old.last_error if old and same_run else None,
+            last_error_kind=old.last_error_kind if old and same_run else None,
         )
         if layout.stop_request.exists():  # left over from an earlier stop
             layout.stop_request.filesystem.delete_file(layout.stop_request.path)
@@ -173,14 +174,28 @@ class StreamSubmitOperator(SparkSubmitOperator):
         from spark_jobs.lease import read_lease
         from spark_jobs.status import read_status
         from streamops import registry
+        from streamops.triggers import kill_driver
 
         spec = self._spec(context)
         layout = CheckpointLayout.of(spec.checkpoint)
         holder = read_lease(layout.lease_file)
-        if (
+        hung = (event or {}).get("hung")
+        own_lease = holder is not None and holder.owner == self._owner(context)
+        if own_lease and holder is not None and holder.is_gone() and holder.process_alive():
+            # Frozen past the lease's TTL (SIGSTOP, a stuck host): it would fence itself if it
+            # ever woke up; end it now rather than leave it holding memory.
+            self.log.warning(
+                "stream %s: its driver stopped renewing its lease but its process lives "
+                "(frozen): %s",
+                spec.stream,
+                kill_driver(holder),
+            )
+            hung = hung or f"the driver (pid {holder.pid}) froze: it stopped renewing its lease"
+        elif (
             holder is not None
+            and not hung
             and not holder.is_gone()
-            and holder.owner == self._owner(context)
+            and own_lease
             and not layout.stop_request.exists()
         ):
             # The trigger took a slow renewal for the driver's end: it still runs, watch it again.
@@ -205,13 +220,13 @@ class StreamSubmitOperator(SparkSubmitOperator):
             record.restart_at = None
             registry.save(record)
             return
-        reason = (
+        reason = hung or (
             status.exception
             if ours and status is not None and status.exception
             else last_error(driver_log, start_offset)
             or f"the driver (pid {pid}) ended without saying why: killed?"
         )
-        self._failed(context, spec, record, reason)
+        self._failed(context, spec, record, reason, kind="hung" if hung else "failed")
 
     def restart(self, context: Context, event: Any = None) -> None:
         """The backoff is over: start the driver again, unless the stream was stopped meanwhile."""
@@ -354,11 +369,19 @@ class StreamSubmitOperator(SparkSubmitOperator):
         start_offset: int | None = None,
     ) -> None:
         from streamops import registry
+        from streamops.supervision import stall_restart_seconds
         from streamops.triggers import StreamDriverTrigger
 
         log_path = registry.driver_log(spec.stream)
         if start_offset is None:
             start_offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        try:
+            stall_restart = stall_restart_seconds(
+                None if spec.available_now else spec.trigger_interval
+            )
+        except ValueError as err:
+            self.log.warning("stream %s: self-healing off: %s", spec.stream, err)
+            stall_restart = 0.0
         self.defer(
             trigger=StreamDriverTrigger(
                 stream=spec.stream,
@@ -366,6 +389,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
                 token=holder.token,
                 driver_log=log_path,
                 log_offset=start_offset,
+                stall_restart_seconds=stall_restart,
             ),
             method_name="execute_complete",
             kwargs={"pid": holder.pid, "driver_log": log_path, "start_offset": start_offset},
@@ -417,6 +441,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
         spec: StreamSpec,
         record: registry.StreamRecord,
         reason: str,
+        kind: str = "failed",
     ) -> None:
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
@@ -428,6 +453,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
         record.failures = budget.failures
         record.restarts = [*record.restarts, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))]
         record.last_error = reason
+        record.last_error_kind = kind
         if budget.exhausted():
             record.restart_at = None
             registry.save(record)

@@ -37,6 +37,9 @@ class StreamRecord:
     updated_at: str = field(default_factory=utc_now)
     restarts: list[str] = field(default_factory=list)
     last_error: str | None = None
+    # "hung" when the last restart was the supervisor's cure of a driver without progress (its
+    # `stalled` incident reports it), "failed" for any other failure.
+    last_error_kind: str | None = None
     # The restart budget's failure times (epoch s) within its window, for the run in `run_id`.
     failures: list[float] = field(default_factory=list)
     # When a failed driver is due to be started again; None when no restart is pending.

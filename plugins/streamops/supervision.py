@@ -1,5 +1,6 @@
-"""When to restart a failed stream (exponential backoff inside a bounded restart budget), and which
-drivers have outlived their run (`orphan_drivers`).
+"""When to restart a failed stream (exponential backoff inside a bounded restart budget), when a
+live driver counts as hung (`stall_restart_seconds`), and which drivers have outlived their run
+(`orphan_drivers`).
 
 Defaults: at most 5 restarts in any 30 minutes; waits of 10 s, 20 s, 40 s ... capped at 5 min.
 Past the budget the operator stops restarting and fails, which alerts once. Each default can be
@@ -20,9 +21,39 @@ if TYPE_CHECKING:
     from streamops import registry
 
 DEFAULT_MAX_RESTARTS = 5
+STALL_RESTART_ENV = "STREAMOPS_STALL_RESTART_SECONDS"
+#: By default a driver is restarted after this many stall limits without progress.
+STALL_RESTART_LIMITS = 3
 DEFAULT_WINDOW_SECONDS = 30 * 60.0
 DEFAULT_BACKOFF_SECONDS = 10.0
 DEFAULT_MAX_BACKOFF_SECONDS = 300.0
+
+
+def stall_restart_seconds(
+    trigger_interval: str | None, environ: dict[str, str] | None = None
+) -> float:
+    """How long a live driver may make no progress before its supervisor kills and restarts it.
+
+    `$STREAMOPS_STALL_RESTART_SECONDS` when set (0 turns self-healing off), else 3 stall limits
+    of `stream_health` (`streamops.health`: 10 trigger intervals, at least 60 s; so 180 s for a
+    1-second stream). Progress is the job's status file being written: every batch, and every
+    10 s while idle. A single batch longer than this is taken for a hang: raise it for streams
+    whose batches take minutes.
+    """
+    from streamops.health import HealthThresholds
+
+    env = os.environ if environ is None else environ
+    raw = env.get(STALL_RESTART_ENV)
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{STALL_RESTART_ENV}={raw!r}: expected a number of seconds") from None
+        if value < 0:
+            raise ValueError(f"{STALL_RESTART_ENV}={raw!r}: must be 0 (off) or more")
+        return value
+    limit = HealthThresholds.from_env(dict(env)).stall_limit(trigger_interval)
+    return STALL_RESTART_LIMITS * limit.total_seconds()
 
 
 @dataclass

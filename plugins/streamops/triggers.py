@@ -154,6 +154,7 @@ class StreamDriverTrigger(BaseTrigger):
         driver_log: str,
         log_offset: int = 0,
         poll_interval: float = DRIVER_POLL_SECONDS,
+        stall_restart_seconds: float = 0.0,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.stream = stream
@@ -162,6 +163,7 @@ class StreamDriverTrigger(BaseTrigger):
         self.driver_log = driver_log
         self.log_offset = int(log_offset)
         self.poll_interval = float(poll_interval)
+        self.stall_restart_seconds = float(stall_restart_seconds)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The class path and arguments the triggerer re-creates this trigger from."""
@@ -174,6 +176,7 @@ class StreamDriverTrigger(BaseTrigger):
                 "driver_log": self.driver_log,
                 "log_offset": self.log_offset,
                 "poll_interval": self.poll_interval,
+                "stall_restart_seconds": self.stall_restart_seconds,
             },
         )
 
@@ -186,6 +189,41 @@ class StreamDriverTrigger(BaseTrigger):
     def _driver_alive(self) -> bool:
         holder = self._holder()
         return holder is not None and holder.token == self.token and not holder.is_gone()
+
+    def _hung(self) -> str | None:
+        """Why the live driver counts as hung (no progress for `stall_restart_seconds`), after
+        killing it; None while it makes progress, or when it cannot be killed from here."""
+        import time
+
+        from spark_jobs.status import read_status
+
+        if self.stall_restart_seconds <= 0:
+            return None
+        holder = self._holder()
+        if holder is None or holder.token != self.token:
+            return None
+        status = read_status(self.checkpoint)
+        last = holder.since
+        if status is not None and status.pid == holder.pid:
+            last = max(last, parse_epoch(status.updated_at))
+        idle = time.time() - last
+        if idle <= self.stall_restart_seconds:
+            return None
+        if holder.process_alive() is None:
+            self.log.warning(
+                "stream %s: its driver made no progress for %.0f s, but runs on %s: it cannot "
+                "be restarted from here",
+                self.stream,
+                idle,
+                holder.host,
+            )
+            return None
+        done = kill_driver(holder)
+        return (
+            f"the driver (pid {holder.pid}) made no progress for {idle:.0f} s, over the "
+            f"{self.stall_restart_seconds:.0f} s of $STREAMOPS_STALL_RESTART_SECONDS: {done}; "
+            "restarted from its checkpoint"
+        )
 
     def _copy_log(self) -> None:
         lines, self.log_offset = read_new_lines(self.driver_log, self.log_offset)
@@ -204,11 +242,24 @@ class StreamDriverTrigger(BaseTrigger):
                 # Storage trouble is not the driver's end: look again at the next poll.
                 self.log.exception("stream %s: cannot read the lease; retrying", self.stream)
                 alive = True
-            if not alive and asyncio.get_running_loop().time() >= first_check:
+            hung = None
+            if alive:
+                try:
+                    hung = await asyncio.to_thread(self._hung)
+                except Exception:
+                    self.log.exception("stream %s: cannot read its status; retrying", self.stream)
+            if hung:
+                self.log.warning("stream %s: %s", self.stream, hung)
+            if (hung or not alive) and asyncio.get_running_loop().time() >= first_check:
                 await asyncio.to_thread(self._copy_log)
                 self.log.info("stream %s: its driver has ended", self.stream)
                 yield TriggerEvent(  # type: ignore[no-untyped-call]
-                    {"stream": self.stream, "token": self.token, "log_offset": self.log_offset}
+                    {
+                        "stream": self.stream,
+                        "token": self.token,
+                        "log_offset": self.log_offset,
+                        "hung": hung,
+                    }
                 )
                 return
             await asyncio.sleep(self.poll_interval)
@@ -218,6 +269,35 @@ class StreamDriverTrigger(BaseTrigger):
         runs on this host and has not stopped within `KILL_GRACE_SECONDS`."""
         done = await asyncio.to_thread(stop_driver, self.checkpoint, self.token, KILL_GRACE_SECONDS)
         self.log.info("stream %s: a user acted on the task; its driver: %s", self.stream, done)
+
+
+def parse_epoch(text: str) -> float:
+    """An ISO-8601 time (as status files write them) as Unix seconds."""
+    from datetime import UTC, datetime
+
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def kill_driver(holder: Any) -> str:
+    """SIGKILL a driver on this host that cannot stop by itself (frozen, hung): its process group
+    (spark-submit's JVM and the job's Python, started in a session of their own) when it has one
+    of its own, else its process. Its checkpoint replays the unfinished batch at the next start."""
+    import os
+    import signal
+
+    try:
+        group = os.getpgid(holder.pid)
+    except ProcessLookupError:
+        return "it had already ended"
+    try:
+        if group not in (os.getpgid(0), 0, 1):
+            os.killpg(group, signal.SIGKILL)
+            return f"killed its process group {group} (SIGKILL)"
+        os.kill(holder.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return "it had already ended"
+    return "killed it (SIGKILL)"
 
 
 def stop_driver(

@@ -104,3 +104,62 @@ def running_stream(
         if stream.poll() is None:
             stream.kill()
             stream.wait()
+
+
+HEALTH_RUNNER = """
+import runpy, sys, time
+dag = runpy.run_path(sys.argv[1], run_name="stream_health_under_test")["dag"]
+for line in sys.stdin:
+    run = dag.test()
+    print(f"HEALTH-RUN-END state={run.state if run else None}", flush=True)
+    time.sleep(1)  # each run its own logical date (to the second)
+"""
+
+
+class HealthRuns:
+    """Runs of the `stream_health` DAG through `dag.test()`, one after another in one Python
+    process: Airflow is imported and the DAG serialized once (about 10 s), and each further run
+    takes about half a second. Each `run()` returns the run's state and its output."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HEALTH_RUNNER, str(ROOT / "dags" / "stream_health.py")],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def run(self) -> tuple[str, str]:
+        """One run of the DAG now: its final state and what it printed."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        lines = []
+        for line in self.process.stdout:
+            if line.startswith("HEALTH-RUN-END state="):
+                return line.strip().split("=", 1)[1], "".join(lines)
+            lines.append(line)
+        raise AssertionError("the stream_health runner ended:\n" + "".join(lines)[-3000:])
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextmanager
+def health_runs(env: dict[str, str]) -> Iterator[HealthRuns]:
+    """`HealthRuns` in `env`, ended on exit."""
+    runs = HealthRuns(env)
+    try:
+        yield runs
+    finally:
+        runs.close()

@@ -32,7 +32,7 @@ from streamops import registry
 from streamops.notifiers import StreamAlertNotifier
 from streamops.supervision import dagrun_state
 from tests.conftest import ROOT
-from tests.dags.conftest import airflow_env, run_state
+from tests.dags.conftest import HealthRuns, airflow_env, health_runs, run_state
 
 DAG_FILE = ROOT / "dags" / "stream_health.py"
 
@@ -129,13 +129,17 @@ def test_a_dead_driver_is_one_incident_notified_once_and_resolved_once(
     write_status(running_status(checkpoint, dead_pid))
     stopped = register(tmp_path, "old_counts", desired="stopped")
     write_status(running_status(stopped, dead_pid))
-    env = {"AIRFLOW_CONN_STREAMOPS_WEBHOOK": webhook}
+    env = airflow_env(airflow_home, tmp_path, AIRFLOW_CONN_STREAMOPS_WEBHOOK=webhook)
     Webhook.down = True
+    with health_runs(env) as health:
+        checked_three_times(tmp_path, checkpoint, dead_pid, health)
+
+
+def checked_three_times(tmp_path: Path, checkpoint: str, dead_pid: int, health: HealthRuns) -> None:
     # When the health DAG runs
-    result = run_health_dag(airflow_home, tmp_path, **env)
-    output = result.stdout + result.stderr
+    state, output = health.run()
     # Then its check fails, naming the stream, the signal and the dead pid
-    assert run_state(result) == "failed", output[-3000:]
+    assert state == "failed", output[-3000:]
     assert "checking 1 streams: ['word_count']; not expected to run: ['old_counts']" in output
     expected = (
         f"stream word_count: not_running (desired running, but its driver (pid {dead_pid} on "
@@ -155,16 +159,15 @@ def test_a_dead_driver_is_one_incident_notified_once_and_resolved_once(
 
     # When the webhook is back and the health DAG runs again, the driver still gone
     Webhook.down = False
-    again = run_health_dag(airflow_home, tmp_path, **env)
-    assert run_state(again) == "failed"
+    assert health.run()[0] == "failed"
     # Then nothing new was notified, but the webhook got the firing notification it missed
     assert len(alerts.read_text().splitlines()) == 1
     assert [b["status"] for b in Webhook.bodies] == ["firing"]
 
     # When the driver is back and the health DAG runs
     write_status(running_status(checkpoint, os.getpid()))
-    healed = run_health_dag(airflow_home, tmp_path, **env)
-    assert run_state(healed) == "success", (healed.stdout + healed.stderr)[-3000:]
+    state, output = health.run()
+    assert state == "success", output[-3000:]
     # Then one resolved notification went out, everywhere, with the incident's dedup key
     kinds = [json.loads(line)["kind"] for line in alerts.read_text().splitlines()]
     assert kinds == ["firing", "resolved"]

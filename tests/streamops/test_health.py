@@ -344,6 +344,9 @@ def test_last_exception_when_the_stream_was_restarted_recently() -> None:
     # Past the window, an old failure is history.
     old = replace(record, restarts=["2026-01-05T11:29:00Z"])
     assert check(old) == []
+    # A hung driver its supervisor restarted is reported by its stalled incident, not here
+    healed = replace(record, last_error_kind="hung", last_error="made no progress for 181 s")
+    assert check(healed) == []
 
 
 def test_last_exception_reported_by_a_running_job() -> None:
