@@ -72,6 +72,11 @@ class SparkCluster:
     `default_cores` is the master's `spark.deploy.defaultCores`: the cores an application gets
     when it does not set `spark.cores.max`. Left unset, the first application takes every core
     and a second stream waits for executors forever.
+
+    `reverse_proxy` turns on the master's reverse proxy (`spark.ui.reverseProxy`): the master's
+    web UI then serves each application's UI at `<webui_url>/proxy/<app-id>/`, and a driver that
+    reads this cluster's `spark-defaults.conf` (`SPARK_CONF_DIR=<conf_dir>`) records that URL in
+    its status. Its own UI can stay on the driver's host.
     """
 
     home: Path
@@ -79,6 +84,7 @@ class SparkCluster:
     worker_cores: int = 2
     worker_memory: str = "2g"
     default_cores: int | None = None
+    reverse_proxy: bool = False
     host: str = "localhost"
     master_port: int = field(default_factory=free_port)
     webui_port: int = field(default_factory=free_port)
@@ -94,6 +100,17 @@ class SparkCluster:
         """The master's web UI; `<url>/json/` is its state as JSON."""
         return f"http://127.0.0.1:{self.webui_port}"
 
+    @property
+    def conf_dir(self) -> Path:
+        """The cluster's `SPARK_CONF_DIR`; drivers that should share its settings read it."""
+        return self.home / "conf"
+
+    def spark_defaults(self) -> str:
+        """The cluster's `spark-defaults.conf`: the reverse proxy, when it is on."""
+        if not self.reverse_proxy:
+            return ""
+        return f"spark.ui.reverseProxy true\nspark.ui.reverseProxyUrl {self.webui_url}\n"
+
     def connection(self, deploy_mode: str = "client") -> dict[str, Any]:
         """The `spark_default` connection (JSON form) that submits to this cluster."""
         return {
@@ -106,13 +123,15 @@ class SparkCluster:
     def env(self) -> dict[str, str]:
         """The environment of the master, the workers and their executors."""
         env = dict(os.environ)
-        conf_dir = self.home / "conf"
+        conf_dir = self.conf_dir
         conf_dir.mkdir(parents=True, exist_ok=True)
+        (conf_dir / "spark-defaults.conf").write_text(self.spark_defaults())
         env.update(
             {
                 MARKER: str(self.home),
                 "SPARK_HOME": str(spark_home()),
-                # An empty conf folder: no spark-defaults.conf or spark-env.sh of the machine.
+                # The cluster's own conf folder: no spark-defaults.conf or spark-env.sh of the
+                # machine.
                 "SPARK_CONF_DIR": str(conf_dir),
                 "SPARK_LOCAL_DIRS": str(self.home / "local"),
                 "SPARK_NO_DAEMONIZE": "1",
@@ -153,7 +172,9 @@ class SparkCluster:
         if self.default_cores is not None:
             properties = self.home / "conf" / "master.properties"
             properties.parent.mkdir(parents=True, exist_ok=True)
-            properties.write_text(f"spark.deploy.defaultCores {self.default_cores}\n")
+            properties.write_text(
+                f"spark.deploy.defaultCores {self.default_cores}\n{self.spark_defaults()}"
+            )
             master_args += ["--properties-file", str(properties)]
         self._spawn("master", master_args)
         self._wait(lambda state: state is not None, "the master's web UI")
@@ -295,11 +316,21 @@ def main(argv: list[str] | None = None) -> int:
         "--default-cores", type=int, help="cores per application (default: all free ones)"
     )
     parser.add_argument(
+        "--reverse-proxy",
+        action="store_true",
+        help="serve each application's UI through the master's web UI",
+    )
+    parser.add_argument(
         "--home", type=Path, default=ROOT / ".spark-cluster", help="logs and work folders"
     )
     args = parser.parse_args(argv)
     cluster = SparkCluster(
-        args.home.resolve(), args.workers, args.cores, args.memory, args.default_cores
+        args.home.resolve(),
+        args.workers,
+        args.cores,
+        args.memory,
+        args.default_cores,
+        reverse_proxy=args.reverse_proxy,
     )
     with cluster:
         print(f"master {cluster.master_url}, web UI {cluster.webui_url}", flush=True)
@@ -309,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
             + "'; Ctrl-C stops the cluster",
             flush=True,
         )
+        if cluster.reverse_proxy:
+            print(
+                f"drivers: SPARK_CONF_DIR={cluster.conf_dir} puts their UIs behind "
+                f"{cluster.webui_url}/proxy/<app-id>/",
+                flush=True,
+            )
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             while True:

@@ -23,7 +23,7 @@ from spark_jobs.checkpoints import validate as validate_checkpoint
 from spark_jobs.layout import CheckpointLayout, Generation
 from spark_jobs.lease import Lease, LeaseHeld, LeaseHolder
 from spark_jobs.listener import StatusListener
-from spark_jobs.session import build_session
+from spark_jobs.session import build_session, ui_url
 from spark_jobs.sinks import ParquetBatchSink, batch_time_of, format_batch, with_batch_columns
 from spark_jobs.sources import read_lines
 from spark_jobs.status import StreamStatus
@@ -204,6 +204,8 @@ def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> Start
         checkpoint=args.checkpoint,
         sink=args.sink,
         trigger_interval=None if args.available_now else args.trigger_interval,
+        app_id=spark.sparkContext.applicationId,
+        ui_url=ui_url(spark),
     )
     listener = StatusListener(status, generation.first_sink_batch_id)
     spark.streams.addListener(listener)

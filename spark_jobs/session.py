@@ -1,15 +1,89 @@
-"""The SparkSession both jobs run in."""
+"""The SparkSession both jobs run in, and what its driver exposes.
+
+A driver listens on three TCP ports: the Spark UI (4040, or the next free one), the driver RPC
+endpoint and the block manager. Spark binds the UI to `$SPARK_LOCAL_IP`, or to every interface
+when it is unset, and the other two to the address the machine's name resolves to; the UI has no
+login and, by Spark's default, kill links. A streamops driver instead binds all three to
+`$SPARK_LOCAL_IP`, which defaults to the loopback interface (`driver_environment`): nothing of it
+is reachable from another host unless the deployment says where executors must reach it
+(docs/deploy.md, "What a driver listens on"). Kill links are off, and conf values whose key or
+value looks like a credential are redacted on the UI's Environment page.
+"""
 
 from __future__ import annotations
 
-from pyspark.sql import SparkSession
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from spark_jobs.java_runtime import ensure_java
+
+if TYPE_CHECKING:  # pyspark is imported by `build_session` only: the Airflow side reads this module
+    from pyspark.sql import SparkSession
 
 STATE_STORE_PROVIDERS = {
     "rocksdb": "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
     "hdfs": "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider",
 }
+
+# Spark's own setting for the address a process binds to; the deployment sets it where executors
+# on other hosts must reach the driver (the compose file does, for the scheduler's drivers).
+BIND_ADDRESS_ENV = "SPARK_LOCAL_IP"
+DEFAULT_BIND_ADDRESS = "127.0.0.1"
+# Spark's default (secret|password|token|access[.]?key) plus other common names of credentials.
+REDACTION_REGEX = (
+    r"(?i)secret|password|passwd|token|access[.]?key|api[._-]?key|credential|private[._-]?key"
+)
+
+DRIVER_CONF = {
+    # Sink timestamps are UTC whatever the machine's zone.
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.showConsoleProgress": "false",
+    # Let the job fail with its own one-line message rather than a stack of JVM frames.
+    "spark.sql.pyspark.jvmStacktrace.enabled": "false",
+    # Nobody stops a stream's jobs from the UI: a killed job fails the query (stream_control
+    # stops a stream at a batch boundary instead).
+    "spark.ui.killEnabled": "false",
+    "spark.redaction.regex": REDACTION_REGEX,
+}
+
+
+def driver_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables a driver process needs in its environment before its JVM starts.
+
+    `$SPARK_LOCAL_IP` is kept when the deployment sets it, and is the loopback interface
+    otherwise. The spark-submit that the stream DAGs start gets these; so does the JVM that
+    `python -m spark_jobs.<job>` launches (`build_session`).
+    """
+    env = os.environ if environ is None else environ
+    return {BIND_ADDRESS_ENV: env.get(BIND_ADDRESS_ENV) or DEFAULT_BIND_ADDRESS}
+
+
+def unreachable_driver_warning(master: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """Why executors of `master` may not reach a driver started here, or None.
+
+    A driver on the default loopback address serves executors on the same host only; a master on
+    another host has its executors there.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(BIND_ADDRESS_ENV) or not master.startswith("spark://"):
+        return None
+    host = urlsplit(master.split(",", maxsplit=1)[0]).hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host in (socket.gethostname(), socket.getfqdn())
+    if local:
+        return None
+    return (
+        f"drivers listen on {DEFAULT_BIND_ADDRESS} because {BIND_ADDRESS_ENV} is not set, but "
+        f"the master {master} is on another host: its executors cannot connect back to the "
+        f"driver. Set {BIND_ADDRESS_ENV} in this Airflow component's environment to the address "
+        "on which the cluster reaches this host (docs/deploy.md, 'What a driver listens on')"
+    )
 
 
 def build_session(app_name: str) -> SparkSession:
@@ -20,17 +94,31 @@ def build_session(app_name: str) -> SparkSession:
     The master comes from `spark-submit` (or `PYSPARK_SUBMIT_ARGS`); run with plain `python -m`
     it is Spark's default, `local[*]`.
     """
+    from pyspark.sql import SparkSession
+
     ensure_java()
-    conf = {
-        # Sink timestamps are UTC whatever the machine's zone.
-        "spark.sql.session.timeZone": "UTC",
-        "spark.ui.showConsoleProgress": "false",
-        # Let the job fail with its own one-line message rather than a stack of JVM frames.
-        "spark.sql.pyspark.jvmStacktrace.enabled": "false",
-    }
+    # Read by the JVM that PySpark launches for `python -m`; under spark-submit the JVM already
+    # runs, with the environment its launcher gave it.
+    os.environ.update(driver_environment())
     builder = SparkSession.builder.appName(app_name)
-    for key, value in conf.items():
+    for key, value in DRIVER_CONF.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def ui_url(spark: SparkSession) -> str | None:
+    """Where the driver's Spark UI is reached: its own address, or the standalone master's reverse
+    proxy when the deployment turned it on (`spark.ui.reverseProxy` and `spark.ui.reverseProxyUrl`).
+    None when the UI is off (`spark.ui.enabled=false`).
+    """
+    context = spark.sparkContext
+    own = context.uiWebUrl
+    if own is None:
+        return None
+    conf = context.getConf()
+    proxy = conf.get("spark.ui.reverseProxyUrl")
+    if conf.get("spark.ui.reverseProxy", "false").lower() == "true" and proxy:
+        return f"{proxy.rstrip('/')}/proxy/{context.applicationId}"
+    return str(own)

@@ -51,6 +51,9 @@ class StreamStatus:
     host: str = field(default_factory=socket.gethostname)
     query_id: str | None = None
     run_id: str | None = None
+    # The Spark application, and where its UI is reached (`session.ui_url`); None without a UI.
+    app_id: str | None = None
+    ui_url: str | None = None
     trigger_interval: str | None = None
     started_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
@@ -64,6 +67,13 @@ class StreamStatus:
         self.last_batch = batch
         self.recent_batches = [*self.recent_batches, batch][-RECENT_BATCHES:]
         self.updated_at = utc_now()
+
+    @property
+    def streaming_ui_url(self) -> str | None:
+        """The query's page in the Spark UI's Structured Streaming tab (its batch timeline)."""
+        if not self.ui_url or not self.run_id:
+            return None
+        return f"{self.ui_url.rstrip('/')}/StreamingQuery/statistics/?id={self.run_id}"
 
     def to_json(self) -> str:
         """The status file's content."""

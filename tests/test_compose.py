@@ -239,6 +239,33 @@ def test_ports(compose: dict[str, Any]) -> None:
     )
 
 
+def test_drivers_listen_on_the_compose_network_only_and_their_uis_are_proxied(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    # The drivers run in the scheduler container: bound to its address in the compose network,
+    # where the executors reach them; no service publishes a driver port (4040-...)
+    assert service_env(services["airflow-scheduler"])["SPARK_LOCAL_IP"] == "airflow-scheduler"
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert not str(port).split(":")[-1].startswith("404"), (name, port)
+    # And the master, the workers and every driver turn the master's reverse proxy on, with the
+    # same public URL, so the Streams page links each driver's UI through the master
+    proxy = "-Dspark.ui.reverseProxyUrl=http://localhost:8081"  # .env.example's
+    options = {
+        "spark-master": service_env(services["spark-master"])["SPARK_MASTER_OPTS"],
+        "spark-worker": service_env(services["spark-worker"])["SPARK_WORKER_OPTS"],
+        **{
+            name: service_env(services[name])["SPARK_SUBMIT_OPTS"]
+            for name in (*AIRFLOW_SERVICES, "airflow-init")
+        },
+    }
+    for name, value in options.items():
+        assert "-Dspark.ui.reverseProxy=true" in value.split(), name
+        assert proxy in value.split(), name
+    assert "SPARK_UI_PROXY_URL=http://localhost:8081" in (ROOT / ".env.example").read_text()
+
+
 def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         image = service.get("image")

@@ -303,6 +303,13 @@ def status_table(view: dict[str, Any]) -> str:
                 f"expectations) at {quality['time']}: see the sink_quality run's log and the "
                 "Data Docs; docs/runbook.md says what each failure means"
             )
+        if len(view["streams"]) == 1 and (ui := s.get("spark_ui")):
+            notes.append(f"  stream {s['stream']}: Spark UI {ui['url']}")
+            if ui["tunnel"]:
+                notes.append(
+                    f"    on {ui['driver_host']}'s loopback only: from elsewhere, {ui['tunnel']} "
+                    f"then open {ui['tunneled_url']}"
+                )
     notes += [f"  problem: {p}" for p in view.get("problems", [])]
     if len(rows) == 1:
         return "no stream is registered yet: trigger word_count_stream or running_total_stream"

@@ -42,6 +42,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from spark_jobs.java_runtime import java_home
 from spark_jobs.packaging import build_py_files
+from spark_jobs.session import driver_environment, unreachable_driver_warning
 from streamops.config import REPO_ROOT, StreamConfigError, StreamSpec
 from streamops.supervision import RestartBudget
 
@@ -309,6 +310,11 @@ class StreamSubmitOperator(SparkSubmitOperator):
         hook = self._get_hook()
         command = hook._build_spark_submit_command(self.application)
         env = {**os.environ, **(hook._env or {})}
+        # A client-mode driver runs here: its ports on loopback unless the deployment set
+        # SPARK_LOCAL_IP (spark_jobs/session.py).
+        if warning := unreachable_driver_warning(str(hook._connection["master"]), env):
+            self.log.warning("stream %s: %s", spec.stream, warning)
+        env.update(driver_environment(env))
         layout = CheckpointLayout.of(spec.checkpoint)
         before = read_lease(layout.lease_file)
         stale_token = before.token if before else None

@@ -7,6 +7,7 @@ root and judges it with the same rules as the `stream_health` DAG (`streamops.he
 - the job's status (`<checkpoint>/_streamops/status.json`): state, recent batches, rates;
 - the checkpoint's lease (`<checkpoint>/_streamops/lease.json`, `spark_jobs/lease.py`): which
   driver holds the checkpoint, and whether it is alive;
+- where the driver's Spark UI is, from the status, and how to reach it (`spark_ui_view`);
 - the input backlog (from the checkpoint's file-source log), the checkpoint's generation, size
   and snapshots;
 - the newest quality result (`_streamops/quality/history.jsonl`), recent alerts
@@ -31,13 +32,16 @@ size) and of the input folder, cached for `CACHE_SECONDS`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from spark_jobs.checkpoints import SnapshotStore, tree_size
 from spark_jobs.layout import CheckpointLayout, Generation
@@ -118,6 +122,53 @@ class QualityInfo:
     data_docs: str | None
 
 
+@dataclass(frozen=True)
+class SparkUiView:
+    """The running driver's Spark UI: the link to its query's Structured Streaming page.
+
+    A UI bound to loopback (the default, `spark_jobs/session.py`) answers on its driver's host
+    only: a browser elsewhere reaches it through `tunnel`, then opens `tunneled_url`.
+    """
+
+    url: str
+    ui: str
+    port: int | None
+    driver_host: str
+    loopback_only: bool
+    # Whether the driver runs where this overview was made (the api-server, or the CLI's host).
+    on_this_host: bool
+    tunnel: str | None
+    tunneled_url: str | None
+
+
+def spark_ui_view(status: StreamStatus | None, this_host: str | None = None) -> SparkUiView | None:
+    """Where the stream's Spark UI is, while its driver runs one."""
+    if status is None or status.state not in ("starting", "running") or not status.ui_url:
+        return None
+    url = status.streaming_ui_url or status.ui_url
+    parts = urlsplit(status.ui_url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    port = parts.port
+    tunnel = tunneled = None
+    if loopback and port:
+        tunnel = f"ssh -N -L {port}:localhost:{port} {status.host}"
+        tunneled = urlsplit(url)._replace(netloc=f"localhost:{port}").geturl()
+    return SparkUiView(
+        url=url,
+        ui=status.ui_url,
+        port=port,
+        driver_host=status.host,
+        loopback_only=loopback,
+        on_this_host=status.host == (this_host or socket.gethostname()),
+        tunnel=tunnel,
+        tunneled_url=tunneled,
+    )
+
+
 @dataclass
 class StreamOverview:
     """One stream, as the on-call engineer sees it."""
@@ -158,6 +209,7 @@ class StreamOverview:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     # Its open incidents (`streamops.incidents`), oldest first.
     incidents: list[dict[str, Any]] = field(default_factory=list)
+    spark_ui: SparkUiView | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -497,4 +549,5 @@ def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down
             for b in (status.recent_batches if status else [])
         ],
         alerts=[a for a in alerts if a.get("stream") == record.stream][-RECENT_ALERTS:],
+        spark_ui=spark_ui_view(status) if live else None,
     )

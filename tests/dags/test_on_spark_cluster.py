@@ -12,6 +12,7 @@ import importlib.util
 import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 
@@ -62,8 +63,9 @@ def test_both_streams_run_on_a_standalone_cluster(airflow_home: Path, tmp_path: 
         drop_file(data / f"streams/{stream}/input", "1.txt", FIRST)
     # Given a master and one 2-core worker that gives each application one core, so that both
     # streams get an executor at the same time
+    # and serves each application's UI through its own (its reverse proxy)
     cluster = spark_cluster.SparkCluster(
-        tmp_path / "cluster", workers=1, worker_cores=2, default_cores=1
+        tmp_path / "cluster", workers=1, worker_cores=2, default_cores=1, reverse_proxy=True
     )
     with cluster:
         # And spark_default pointing at it; nothing else differs from the embedded stack
@@ -71,6 +73,7 @@ def test_both_streams_run_on_a_standalone_cluster(airflow_home: Path, tmp_path: 
             airflow_home,
             data,
             AIRFLOW_CONN_SPARK_DEFAULT=json.dumps(cluster.connection("client")),
+            SPARK_CONF_DIR=str(cluster.conf_dir),
         )
         # When both stream DAGs run and each is fed a second file while it runs
         with (
@@ -84,6 +87,15 @@ def test_both_streams_run_on_a_standalone_cluster(airflow_home: Path, tmp_path: 
                 drop_file(data / f"streams/{stream}/input", "2.txt", SECOND)
             for checkpoint in checkpoints.values():
                 wait_for_batch(checkpoint, 1)
+            # And each driver's UI is reached through the master, at the URL its status records
+            for checkpoint in checkpoints.values():
+                status = read_status(str(checkpoint))
+                assert status is not None
+                assert status.ui_url == f"{cluster.webui_url}/proxy/{status.app_id}", status
+                assert status.streaming_ui_url is not None
+                with urllib.request.urlopen(status.streaming_ui_url, timeout=30) as response:
+                    page = response.read().decode()
+                assert str(status.run_id) in page, page[:2000]
             # And are stopped: word_count through stream_control, running_total by the stop
             # request stream_control writes
             control = dags_test("stream_control", {"stream": "word_count", "action": "stop"}, env)

@@ -41,7 +41,14 @@ def test_stateless_progress_has_no_state_rows() -> None:
 
 
 def test_status_round_trips_through_the_checkpoint(tmp_path: Path) -> None:
-    status = StreamStatus(job="running_total", checkpoint=str(tmp_path / "ck"), sink="s")
+    status = StreamStatus(
+        job="running_total",
+        checkpoint=str(tmp_path / "ck"),
+        sink="s",
+        run_id="0f1e2d3c-run",
+        app_id="local-1",
+        ui_url="http://localhost:4041",
+    )
     for i in range(RECENT_BATCHES + 5):
         status.record_batch(batch_from_progress({**PROGRESS, "batchId": i}, 0))
     write_status(status)
@@ -53,6 +60,10 @@ def test_status_round_trips_through_the_checkpoint(tmp_path: Path) -> None:
     assert len(read.recent_batches) == RECENT_BATCHES
     assert read.last_batch is not None
     assert read.last_batch.batch_id == RECENT_BATCHES + 4
+    # And it says where the query's page in the Spark UI is
+    assert read.streaming_ui_url == (
+        "http://localhost:4041/StreamingQuery/statistics/?id=0f1e2d3c-run"
+    )
 
 
 def test_no_status_before_the_first_start(tmp_path: Path) -> None:

@@ -10,8 +10,11 @@ runs both streams, so the suite starts Airflow once for both. Steps:
 5. headless Chromium (Debian's `chromium`) in a 1,280-pixel window, signed in with the UI's
    session cookie, opens the Airflow UI at `/plugin/streams`; the page, inside the UI, shows
    `word_count` stopped and `running_total` running, with every stream's row, and neither the
-   UI nor the page scrolls sideways. A screenshot is kept in `$STREAMOPS_TEST_ARTIFACTS` (default
-   `<repo>/.artifacts/`).
+   UI nor the page scrolls sideways; each running stream's row links its own driver's Spark UI
+   (each at the port its driver got), the link opens that query's Structured Streaming page in a
+   new tab (as do the runbook's, from Airflow's sandboxed frame), and a UI the browser cannot
+   reach gets directions instead of a link. A screenshot is kept in
+   `$STREAMOPS_TEST_ARTIFACTS` (default `<repo>/.artifacts/`).
 """
 
 from __future__ import annotations
@@ -155,6 +158,7 @@ def check_page(port: int, token: str) -> None:
                     pytest.fail(f"the Streams page shows {states}")
                 time.sleep(2)
             assert "streams" in frame.inner_text("#summary")
+            check_spark_ui_links(context, frame, states, streams_by_name(port, token))
             width = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
             for where, (scroll, client) in (
                 ("the Airflow UI", page.evaluate(width)),
@@ -167,3 +171,49 @@ def check_page(port: int, token: str) -> None:
             print(f"Streams page: {states}; screenshot {shot}")
         finally:
             browser.close()
+
+
+def check_spark_ui_links(
+    context: Any, frame: Any, states: dict[str, str], api: dict[str, Any]
+) -> None:
+    """Each running stream's row links its driver's UI; the link opens its query's page."""
+    links = frame.eval_on_selector_all(
+        "tr[data-stream] a.spark-ui",
+        "links => Object.fromEntries(links.map(a => "
+        "[a.closest('tr').dataset.stream, [a.href, a.dataset.port]]))",
+    )
+    running = {name for name, state in states.items() if state in RUNNING_STATES}
+    assert set(links) == running, (links, states)  # the stopped stream has none
+    ports = {port for _, port in links.values()}
+    assert len(running) >= 2, states
+    assert len(ports) == len(running), links  # 4040, 4041, ...
+    for name, (href, _) in links.items():
+        assert href == api[name]["spark_ui"]["url"], (name, href)
+    # The link opens the Structured Streaming page of that stream's query
+    name = sorted(running)[0]
+    with context.expect_page() as opened:
+        frame.click(f"tr[data-stream='{name}'] a.spark-ui")
+    ui_page = opened.value
+    ui_page.wait_for_load_state("domcontentloaded", timeout=60_000)
+    run_id = links[name][0].rsplit("id=", 1)[1]
+    ui_page.wait_for_function(
+        "runId => document.body.innerText.includes(runId)", arg=run_id, timeout=60_000
+    )
+    body = ui_page.inner_text("body")
+    assert "Streaming Query Statistics" in body, body[:2000]
+    assert name in body, body[:2000]
+    ui_page.close()
+    # The page's other new-tab links open too, although Airflow's frame may not open windows
+    with context.expect_page() as opened:
+        frame.click("header a[href='runbook']")
+    runbook = opened.value
+    runbook.wait_for_load_state("domcontentloaded", timeout=60_000)
+    assert "Runbook" in runbook.inner_text("h1"), runbook.url
+    runbook.close()
+    # A UI on another host's loopback gets directions, not a dead link
+    elsewhere = {**api[name]["spark_ui"], "on_this_host": False}
+    shown = frame.evaluate("s => sparkUi(s)", {"spark_ui": elsewhere})
+    assert shown["link"] == "", shown
+    assert elsewhere["tunnel"].startswith("ssh -N -L "), elsewhere
+    for directions in (elsewhere["tunnel"], elsewhere["tunneled_url"]):
+        assert directions.replace("&", "&amp;") in shown["how"], shown

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -297,3 +297,61 @@ def test_open_and_resolved_incidents_reach_the_page_the_cli_and_the_metrics(
     assert (sample.labels, sample.value) == ({"stream": "word_count", "signal": "stalled"}, 1.0)
     (opened_at,) = families["streamops_incident_opened_timestamp_seconds"].samples
     assert opened_at.value == opened.replace(microsecond=0).timestamp()
+
+
+RUN_ID = "5b0c7a52-1111-4c1e-9f00-000000000001"
+
+
+def test_a_spark_ui_on_loopback_comes_with_the_tunnel_that_reaches_it() -> None:
+    from streamops.cli import status_table
+    from streamops.overview import spark_ui_view
+
+    # Given a running driver whose UI got port 4041 on its host's loopback
+    status = make_status(ui_url="http://localhost:4041", run_id=RUN_ID, host="driver-1")
+    # When the overview says where its UI is
+    ui = spark_ui_view(status, this_host="api-1")
+    # Then it links the query's Structured Streaming page, and says how to reach it from elsewhere
+    assert ui is not None
+    assert ui.url == f"http://localhost:4041/StreamingQuery/statistics/?id={RUN_ID}"
+    assert (ui.port, ui.loopback_only, ui.on_this_host) == (4041, True, False)
+    assert ui.tunnel == "ssh -N -L 4041:localhost:4041 driver-1"
+    assert ui.tunneled_url == ui.url
+    # And `streamops status STREAM` prints both
+    view = {
+        "streams": [
+            {
+                "stream": "word_count", "state": "running", "healthy": True,
+                "last_batch_id": 4, "last_batch_age_seconds": 1.0,
+                "input_rows_per_second": 1.0, "processed_rows_per_second": 1.0,
+                "backlog_files": 0, "restarts_total": 0, "breaches": [],
+                "checkpoint": {"generation": 0, "size_bytes": 10}, "quality": None,
+                "spark_ui": asdict(ui),
+            }
+        ],
+        "problems": [],
+    }  # fmt: skip
+    table = status_table(view)
+    assert f"stream word_count: Spark UI {ui.url}" in table
+    assert "from elsewhere, ssh -N -L 4041:localhost:4041 driver-1 then open" in table
+
+
+def test_a_spark_ui_behind_the_masters_reverse_proxy_needs_no_tunnel() -> None:
+    from streamops.overview import spark_ui_view
+
+    proxied = "http://spark-master.example:8081/proxy/app-20261130-0001"
+    ui = spark_ui_view(make_status(ui_url=proxied, run_id=RUN_ID), this_host="api-1")
+    assert ui is not None
+    assert ui.url == f"{proxied}/StreamingQuery/statistics/?id={RUN_ID}"
+    assert (ui.port, ui.loopback_only, ui.tunnel) == (8081, False, None)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"state": "stopped"}, {"state": "failed"}, {"ui_url": None}],
+    ids=["stopped", "failed", "no UI"],
+)
+def test_a_driver_without_a_running_ui_gets_no_link(changes: dict[str, object]) -> None:
+    from streamops.overview import spark_ui_view
+
+    status = make_status(**{"ui_url": "http://localhost:4040", "run_id": RUN_ID, **changes})
+    assert spark_ui_view(status) is None

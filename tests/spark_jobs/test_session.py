@@ -1,0 +1,25 @@
+"""What a driver's environment says about where it listens (no Spark needed)."""
+
+from __future__ import annotations
+
+from spark_jobs.session import driver_environment, unreachable_driver_warning
+
+
+def test_drivers_listen_on_loopback_unless_the_deployment_says_otherwise() -> None:
+    assert driver_environment({}) == {"SPARK_LOCAL_IP": "127.0.0.1"}
+    assert driver_environment({"SPARK_LOCAL_IP": ""}) == {"SPARK_LOCAL_IP": "127.0.0.1"}
+    assert driver_environment({"SPARK_LOCAL_IP": "10.0.0.7"}) == {"SPARK_LOCAL_IP": "10.0.0.7"}
+
+
+def test_a_master_on_another_host_with_drivers_on_loopback_is_a_warning() -> None:
+    warning = unreachable_driver_warning("spark://spark-master.example:7077", {})
+    assert warning is not None
+    assert "spark://spark-master.example:7077 is on another host" in warning
+    assert "Set SPARK_LOCAL_IP" in warning
+
+
+def test_no_warning_when_the_executors_can_reach_the_driver() -> None:
+    for master in ("local[2]", "spark://localhost:7077", "spark://127.0.0.1:7077", "yarn"):
+        assert unreachable_driver_warning(master, {}) is None, master
+    remote = "spark://spark-master.example:7077"
+    assert unreachable_driver_warning(remote, {"SPARK_LOCAL_IP": "10.0.0.7"}) is None
