@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                     "batch_id": int(r["batchId"]),
                     "input_rows": int(r.get("numInputRows", 0)),
                     "duration_ms": int(r.get("batchDuration", 0)),
+                    "phases_ms": {k: int(v) for k, v in (r.get("durationMs") or {}).items()},
                 }
                 for r in reports
             ]

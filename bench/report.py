@@ -862,6 +862,26 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
         + "\n"
     )
     add(f"\n![capacity]({plots['throughput_capacity']})\n")
+    timed = {name: m.median_phases for name, m in tp.measurements.items() if m.median_phases}
+    if timed:
+        phases = list(dict.fromkeys(p for found in timed.values() for p in found))
+        add(
+            "\n**Where batch time goes** in the same runs: mean milliseconds per micro-batch "
+            "in each of Spark's phases (`StreamingQueryProgress.durationMs`) over each query's "
+            "last 30 batches; the jobs' own parts of `addBatch` come from their status "
+            "(`result`: computing the batch's result and collecting it as Arrow, one Spark "
+            "action; `write`: the sink file); `other` is the batch time outside Spark's phases.\n"
+        )
+        add(
+            table(
+                ["phase", *timed],
+                [
+                    [p] + [num(found[p], 1) if p in found else "-" for found in timed.values()]
+                    for p in phases
+                ],
+            )
+            + "\n"
+        )
     add(
         "\n**Sustainable rate.** Each query runs as a live stream with a "
         f"{SWEEP_TRIGGER_SECONDS:.0f}-second trigger while files arrive every 0.25 s; the input "

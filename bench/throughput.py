@@ -76,6 +76,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -310,6 +311,8 @@ class Run:
     busy: float | None = None
     wall: float | None = None
     others: float | None = None
+    # Mean milliseconds per batch in each phase (`phases_of`), over its last 30 batches.
+    phases: dict[str, float] | None = None
 
     @property
     def clean(self) -> bool:
@@ -371,6 +374,13 @@ class Measurement:
         return _median([r.wall for r in self.counted])
 
     @property
+    def median_phases(self) -> dict[str, float]:
+        """Each phase's median over the counted runs that timed it."""
+        timed = [r.phases for r in self.counted if r.phases]
+        names = list(dict.fromkeys(name for phases in timed for name in phases))
+        return {n: statistics.median(p.get(n, 0.0) for p in timed) for n in names}
+
+    @property
     def worst_others(self) -> float | None:
         """The most cores other processes used during a counted run."""
         known = [r.others for r in self.counted if r.others is not None]
@@ -426,6 +436,45 @@ def busy_from_status(checkpoint: Path, batches: int) -> float | None:
     if len(recent) != batches:
         return None
     return sum(int(b["duration_ms"]) for b in recent) / 1000
+
+
+def phases_of(batches: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Mean milliseconds per batch in each of Spark's phases and the jobs' parts of addBatch
+    (`spark_jobs.status`), and `other`: the batch time outside Spark's phases."""
+    from spark_jobs.status import JOB_PARTS, SPARK_PHASES
+
+    timed = [b for b in batches if b.get("phases_ms")]
+    if not timed:
+        return None
+    means: dict[str, float] = {}
+    for phase in SPARK_PHASES:
+        means[phase] = statistics.fmean(b["phases_ms"].get(phase, 0) for b in timed)
+        if phase == "addBatch":
+            for part in JOB_PARTS:
+                if any(part in b.get("job_ms", {}) for b in timed):
+                    means[f"addBatch.{part}"] = statistics.fmean(
+                        b.get("job_ms", {}).get(part, 0) for b in timed
+                    )
+    means["other"] = statistics.fmean(
+        b["duration_ms"] - sum(b["phases_ms"].get(p, 0) for p in SPARK_PHASES) for b in timed
+    )
+    means["total"] = statistics.fmean(b["duration_ms"] for b in timed)
+    return means
+
+
+def phases_from_status(checkpoint: Path) -> dict[str, float] | None:
+    """A job's phase means over the batches its status keeps (the last 30)."""
+    path = checkpoint / "_streamops" / "status.json"
+    if not path.exists():
+        return None
+    return phases_of(json.loads(path.read_text(encoding="utf-8")).get("recent_batches", []))
+
+
+def phases_from_progress(path: Path) -> dict[str, float] | None:
+    """The bare query's phase means over its last 30 batches, as for the jobs."""
+    if not path.exists():
+        return None
+    return phases_of(json.loads(path.read_text(encoding="utf-8"))[-30:])
 
 
 def busy_from_progress(path: Path, batches: int) -> float | None:
@@ -546,10 +595,12 @@ def measure_spark(
     timing = checkpoint_timing(run_dir / "checkpoint")
     if query.sink:
         busy = busy_from_status(run_dir / "checkpoint", timing.batches)
+        phases = phases_from_status(run_dir / "checkpoint")
     else:
         busy = busy_from_progress(run_dir / "progress.json", timing.batches)
+        phases = phases_from_progress(run_dir / "progress.json")
     cpu = load.tree_cpu_between(timing.start, timing.end)
-    measurement.runs.append(Run(timing.seconds, cpu, busy, wall, others))
+    measurement.runs.append(Run(timing.seconds, cpu, busy, wall, others, phases))
     measurement.batches = timing.batches
     measurement.note = short_provider(timing.state_store) if timing.stateful else "stateless"
     cpu_text = "" if cpu is None else f", cpu {cpu:.2f} s"
@@ -656,6 +707,23 @@ def figure(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def print_phases(measurements: list[Measurement]) -> None:
+    """Where each query's batch time goes: mean ms per batch in each phase, side by side."""
+    if not measurements:
+        return
+    names = list(dict.fromkeys(n for m in measurements for n in m.median_phases))
+    print("\nbatch time by phase, mean ms per batch over the last 30 batches of each query")
+    header = f"{'phase':<18}" + "".join(f"{m.name:>15}" for m in measurements)
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        cells = "".join(
+            f"{m.median_phases[name]:>15,.1f}" if name in m.median_phases else f"{'-':>15}"
+            for m in measurements
+        )
+        print(f"{name:<18}{cells}")
+
+
 def print_report(corpus: Corpus, measurements: list[Measurement], args: argparse.Namespace) -> None:
     """The table, the ratios and a warning when other processes disturbed the run."""
     by_name = {m.name: m for m in measurements}
@@ -705,6 +773,7 @@ def print_report(corpus: Corpus, measurements: list[Measurement], args: argparse
             f"{name} / pyarrow {rate / limit:.3f}"
         )
     print(f"{'bare / pyarrow':<22} {bare / limit:5.3f}")
+    print_phases([m for m in measurements if m.median_phases])
     disturbed = [m.name for m in measurements if m.disturbed]
     if disturbed:
         print(

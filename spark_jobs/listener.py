@@ -25,9 +25,17 @@ class StatusListener(StreamingQueryListener):
     the stream, not part of it.
     """
 
-    def __init__(self, status: StreamStatus, first_sink_batch_id: int) -> None:
+    def __init__(
+        self,
+        status: StreamStatus,
+        first_sink_batch_id: int,
+        job_timings: dict[int, dict[str, int]] | None = None,
+    ) -> None:
         self.status = status
         self.first_sink_batch_id = first_sink_batch_id
+        # Spark batch id -> the job's timing of its `addBatch` parts, filled in by the job's
+        # `foreachBatch` function (same process) before the batch's progress event arrives.
+        self.job_timings = {} if job_timings is None else job_timings
         self._save()
 
     def _save(self) -> None:
@@ -48,7 +56,8 @@ class StatusListener(StreamingQueryListener):
     def onQueryProgress(self, event: QueryProgressEvent) -> None:
         """A batch finished: record its figures."""
         progress = json.loads(event.progress.json)
-        self.status.record_batch(batch_from_progress(progress, self.first_sink_batch_id))
+        job_ms = self.job_timings.pop(int(progress["batchId"]), None)
+        self.status.record_batch(batch_from_progress(progress, self.first_sink_batch_id, job_ms))
         self._save()
 
     def onQueryIdle(self, event: QueryIdleEvent) -> None:

@@ -163,6 +163,20 @@ def supervise(
     query.awaitTermination()  # raises StreamingQueryException if the query failed
 
 
+class PartClock:
+    """Milliseconds spent in each named part of a micro-batch, in order."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, int] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """The time since the previous lap (or the start) was spent in `name`."""
+        now = time.perf_counter()
+        self.laps[name] = round((now - self._last) * 1000)
+        self._last = now
+
+
 @dataclass
 class StartedJob:
     """A job whose query is running."""
@@ -207,17 +221,26 @@ def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> Start
         app_id=spark.sparkContext.applicationId,
         ui_url=ui_url(spark),
     )
-    listener = StatusListener(status, generation.first_sink_batch_id)
+    job_timings: dict[int, dict[str, int]] = {}
+    listener = StatusListener(status, generation.first_sink_batch_id, job_timings)
     spark.streams.addListener(listener)
 
     def write_batch(batch: DataFrame, spark_batch_id: int) -> None:
+        clock = PartClock()
         batch_id = generation.sink_batch_id(spark_batch_id)
         batch_time = batch_time_of(layout.batch_timestamp_ms(spark_batch_id))
         result = spec.batch_result(batch).toArrow()
+        clock.lap("result")
         if result.num_rows:
             sink.write(batch_id, with_batch_columns(result, batch_id, batch_time))
+        clock.lap("write")
         if args.console:
             print(format_batch(batch_time, result, spec.value_column), end="", flush=True)
+            clock.lap("console")
+        # Read by the listener when the batch's progress arrives; kept small if one never does.
+        job_timings[spark_batch_id] = clock.laps
+        for stale in [b for b in job_timings if b < spark_batch_id - 10]:
+            job_timings.pop(stale, None)
 
     writer = (
         spec.build_stream(read_lines(spark, args), args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,6 +19,20 @@ from spark_jobs.layout import CheckpointLayout
 
 State = Literal["starting", "running", "stopped", "failed"]
 RECENT_BATCHES = 30
+# Spark's phases of a micro-batch, in the order they run (`StreamingQueryProgress.durationMs`):
+# find the new offsets, plan the batch's input, plan the query, run it (for the jobs: their
+# `foreachBatch` function), write the offset log (WAL) and the commit log.
+SPARK_PHASES = (
+    "latestOffset",
+    "getBatch",
+    "queryPlanning",
+    "addBatch",
+    "walCommit",
+    "commitOffsets",
+)
+# The jobs' own parts of `addBatch` (`runner.start`): computing the batch's result and collecting
+# it to the driver as Arrow (one Spark action), writing the sink file, printing it (`--console`).
+JOB_PARTS = ("result", "write", "console")
 
 
 def utc_now() -> str:
@@ -37,6 +52,10 @@ class BatchProgress:
     processed_rows_per_second: float
     duration_ms: int
     state_rows: int | None
+    # Where the batch's time went: Spark's phases (SPARK_PHASES) and the job's parts of
+    # `addBatch` (JOB_PARTS), in milliseconds. Empty in statuses written before they were kept.
+    phases_ms: dict[str, int] = field(default_factory=dict)
+    job_ms: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,9 +110,13 @@ class StreamStatus:
         return status
 
 
-def batch_from_progress(progress: dict[str, Any], first_sink_batch_id: int) -> BatchProgress:
-    """Pick the fields we keep out of a `StreamingQueryProgress` JSON document."""
+def batch_from_progress(
+    progress: dict[str, Any], first_sink_batch_id: int, job_ms: dict[str, int] | None = None
+) -> BatchProgress:
+    """Pick the fields we keep out of a `StreamingQueryProgress` JSON document; `job_ms` is the
+    job's own timing of the batch's `addBatch` parts."""
     state_rows = [op.get("numRowsTotal", 0) for op in progress.get("stateOperators", [])]
+    durations = progress.get("durationMs") or {}
     return BatchProgress(
         batch_id=first_sink_batch_id + int(progress["batchId"]),
         spark_batch_id=int(progress["batchId"]),
@@ -103,7 +126,42 @@ def batch_from_progress(progress: dict[str, Any], first_sink_batch_id: int) -> B
         processed_rows_per_second=float(progress.get("processedRowsPerSecond") or 0.0),
         duration_ms=int(progress.get("batchDuration", 0)),
         state_rows=sum(state_rows) if state_rows else None,
+        phases_ms={p: int(durations[p]) for p in SPARK_PHASES if p in durations},
+        job_ms=dict(job_ms or {}),
     )
+
+
+def batch_time_breakdown(batches: list[BatchProgress]) -> list[dict[str, Any]]:
+    """Where the batches' time went, phase by phase: the last batch's milliseconds and the
+    median over `batches`. The job's parts follow `addBatch`, named `addBatch.<part>`; `other`
+    is the batch duration the phases do not cover (Spark's own bookkeeping between them).
+    """
+    timed = [b for b in batches if b.phases_ms]
+    if not timed:
+        return []
+
+    def parts(batch: BatchProgress) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for phase in SPARK_PHASES:
+            if phase in batch.phases_ms:
+                found[phase] = batch.phases_ms[phase]
+            if phase == "addBatch":
+                found |= {f"addBatch.{p}": batch.job_ms[p] for p in JOB_PARTS if p in batch.job_ms}
+        spark_total = sum(batch.phases_ms.values())
+        found["other"] = max(0, batch.duration_ms - spark_total)
+        return found
+
+    each = [parts(b) for b in timed]
+    names = list(dict.fromkeys(name for found in each for name in found))
+    return [
+        {
+            "phase": name,
+            "last_ms": each[-1].get(name),
+            "median_ms": statistics.median(found.get(name, 0) for found in each),
+            "batches": len(each),
+        }
+        for name in names
+    ]
 
 
 def write_status(status: StreamStatus) -> None:

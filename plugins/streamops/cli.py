@@ -248,6 +248,10 @@ def _size(value: int | None) -> str:
     return f"{size:.1f}T"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
@@ -302,6 +306,14 @@ def status_table(view: dict[str, Any]) -> str:
                 f"  stream {s['stream']}: quality check failed ({quality['failures']} "
                 f"expectations) at {quality['time']}: see the sink_quality run's log and the "
                 "Data Docs; docs/runbook.md says what each failure means"
+            )
+        if len(view["streams"]) == 1 and (phases := s.get("batch_time")):
+            notes.append(
+                f"  stream {s['stream']}: batch time by phase, last / median of "
+                f"{phases[0]['batches']} batches (ms): "
+                + ", ".join(
+                    f"{p['phase']} {_ms(p['last_ms'])}/{_ms(p['median_ms'])}" for p in phases
+                )
             )
         if len(view["streams"]) == 1 and (ui := s.get("spark_ui")):
             notes.append(f"  stream {s['stream']}: Spark UI {ui['url']}")

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 from spark_jobs.checkpoints import SnapshotStore, tree_size
 from spark_jobs.layout import CheckpointLayout, Generation
 from spark_jobs.lease import read_lease
-from spark_jobs.status import StreamStatus, read_status
+from spark_jobs.status import StreamStatus, batch_time_breakdown, read_status
 from spark_jobs.storage import Location
 from streamops import registry
 from streamops.health import (
@@ -210,6 +210,9 @@ class StreamOverview:
     # Its open incidents (`streamops.incidents`), oldest first.
     incidents: list[dict[str, Any]] = field(default_factory=list)
     spark_ui: SparkUiView | None = None
+    # Where batch time goes, phase by phase (`spark_jobs.status.batch_time_breakdown`): the last
+    # batch and the median of the recent ones.
+    batch_time: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -550,4 +553,5 @@ def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down
         ],
         alerts=[a for a in alerts if a.get("stream") == record.stream][-RECENT_ALERTS:],
         spark_ui=spark_ui_view(status) if live else None,
+        batch_time=batch_time_breakdown(status.recent_batches) if status else [],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from spark_jobs.layout import CheckpointLayout
@@ -9,6 +10,7 @@ from spark_jobs.status import (
     RECENT_BATCHES,
     StreamStatus,
     batch_from_progress,
+    batch_time_breakdown,
     read_status,
     write_status,
 )
@@ -23,7 +25,11 @@ PROGRESS = {
     "processedRowsPerSecond": 80.5,
     "batchDuration": 1490,
     "stateOperators": [{"numRowsTotal": 42}],
-}
+    "durationMs": {
+        "latestOffset": 10, "getBatch": 20, "queryPlanning": 100, "addBatch": 1200,
+        "walCommit": 60, "commitOffsets": 50, "triggerExecution": 1480,
+    },
+}  # fmt: skip
 
 
 def test_progress_maps_to_sink_batch_ids() -> None:
@@ -33,6 +39,50 @@ def test_progress_maps_to_sink_batch_ids() -> None:
     assert batch.processed_rows_per_second == 80.5
     assert batch.duration_ms == 1490
     assert batch.state_rows == 42
+
+
+def test_progress_says_where_the_batch_time_went() -> None:
+    batch = batch_from_progress(PROGRESS, 0, job_ms={"result": 900, "write": 250})
+    assert batch.phases_ms == {
+        "latestOffset": 10, "getBatch": 20, "queryPlanning": 100, "addBatch": 1200,
+        "walCommit": 60, "commitOffsets": 50,
+    }  # fmt: skip
+    assert batch.job_ms == {"result": 900, "write": 250}
+
+
+def test_the_breakdown_gives_each_phase_last_and_median_in_running_order() -> None:
+    slow = {**PROGRESS["durationMs"], "addBatch": 3000}  # type: ignore[dict-item]
+    batches = [
+        batch_from_progress({**PROGRESS, "batchId": 1}, 0, {"result": 900, "write": 250}),
+        batch_from_progress({**PROGRESS, "batchId": 2}, 0, {"result": 700, "write": 150}),
+        batch_from_progress(
+            {**PROGRESS, "batchId": 3, "durationMs": slow, "batchDuration": 3300},
+            0,
+            {"result": 2600, "write": 350},
+        ),
+    ]
+    breakdown = {p["phase"]: (p["last_ms"], p["median_ms"]) for p in batch_time_breakdown(batches)}
+    assert list(breakdown) == [
+        "latestOffset", "getBatch", "queryPlanning", "addBatch", "addBatch.result",
+        "addBatch.write", "walCommit", "commitOffsets", "other",
+    ]  # fmt: skip
+    assert breakdown["addBatch"] == (3000, 1200)
+    assert breakdown["addBatch.result"] == (2600, 900)
+    assert breakdown["addBatch.write"] == (350, 250)
+    # `other`: the batch duration outside Spark's phases (1490 - 1440, 3300 - 3240)
+    assert breakdown["other"] == (60, 50)
+
+
+def test_statuses_written_before_phases_were_kept_still_read() -> None:
+    old = StreamStatus(job="word_count", checkpoint="ck", sink="s")
+    old.record_batch(batch_from_progress(PROGRESS, 0))
+    data = json.loads(old.to_json())
+    for batch in [data["last_batch"], *data["recent_batches"]]:
+        del batch["phases_ms"], batch["job_ms"]
+    read = StreamStatus.from_json(json.dumps(data))
+    assert read.last_batch is not None
+    assert read.last_batch.phases_ms == {}
+    assert batch_time_breakdown(read.recent_batches) == []
 
 
 def test_stateless_progress_has_no_state_rows() -> None:

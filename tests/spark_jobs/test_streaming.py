@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from spark_jobs import running_total, word_count
-from spark_jobs.status import read_status
+from spark_jobs.status import SPARK_PHASES, read_status
 from tests.conftest import drop_file, read_sink, run_available_now
 
 pytestmark = pytest.mark.spark
@@ -84,6 +84,14 @@ def test_status_file_reports_the_last_batch(spark: SparkSession, tmp_path: Path)
     assert status.last_batch.input_rows == 2
     assert status.last_batch.state_rows == 4
     assert status.exception is None
+    # And where the batch's time went: each of Spark's phases, and the job's parts of addBatch
+    phases = status.last_batch.phases_ms
+    assert set(phases) == set(SPARK_PHASES), phases
+    job = status.last_batch.job_ms
+    assert set(job) == {"result", "write"}, job  # no --console
+    assert job["result"] > 0
+    assert sum(job.values()) <= phases["addBatch"] + 5, (job, phases)  # parts of addBatch
+    assert sum(phases.values()) <= status.last_batch.duration_ms + 5, phases
 
 
 def test_sink_batch_ids_continue_on_a_new_checkpoint(spark: SparkSession, tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ runs both streams, so the suite starts Airflow once for both. Steps:
    UI nor the page scrolls sideways; each running stream's row links its own driver's Spark UI
    (each at the port its driver got), the link opens that query's Structured Streaming page in a
    new tab (as do the runbook's, from Airflow's sandboxed frame), and a UI the browser cannot
-   reach gets directions instead of a link. A screenshot is kept in
+   reach gets directions instead of a link; each stream's details say where its batch time
+   goes, phase by phase. A screenshot is kept in
    `$STREAMOPS_TEST_ARTIFACTS` (default `<repo>/.artifacts/`).
 """
 
@@ -110,6 +111,10 @@ def check_on_call_surfaces(port: int, token: str, password: str) -> None:
     after = cli(port, password, "status", "word_count")
     assert after.returncode == 0, after.stdout  # stopped on purpose is healthy
     assert "stopped" in after.stdout
+    # And says where its batches' time went, Spark's phases and the job's parts
+    assert "stream word_count: batch time by phase, last / median of" in after.stdout
+    for phase in ("latestOffset", "addBatch ", "addBatch.result", "addBatch.write", "walCommit"):
+        assert phase in after.stdout, after.stdout
     # An action on an unknown stream says what is known, with the usage exit code
     unknown = cli(port, password, "stop", "nope")
     assert unknown.returncode == 2
@@ -159,6 +164,12 @@ def check_page(port: int, token: str) -> None:
                 time.sleep(2)
             assert "streams" in frame.inner_text("#summary")
             check_spark_ui_links(context, frame, states, streams_by_name(port, token))
+            # Each stream's details say where its batch time goes
+            phases = frame.eval_on_selector_all(
+                "div[data-phases]", "divs => divs.map(d => [d.dataset.phases, d.innerText])"
+            )
+            assert {name for name, _ in phases} == set(states), phases
+            assert all("addBatch.result" in text for _, text in phases), phases
             width = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
             for where, (scroll, client) in (
                 ("the Airflow UI", page.evaluate(width)),

@@ -355,3 +355,33 @@ def test_a_driver_without_a_running_ui_gets_no_link(changes: dict[str, object]) 
 
     status = make_status(**{"ui_url": "http://localhost:4040", "run_id": RUN_ID, **changes})
     assert spark_ui_view(status) is None
+
+
+def test_the_overview_and_the_cli_say_where_batch_time_goes(data_root: Path) -> None:
+    from spark_jobs.status import batch_from_progress
+    from streamops.cli import status_table
+
+    # Given word_count's last batches, timed phase by phase
+    status = make_status(checkpoint=str(data_root / "streams/word_count/checkpoint"))
+    status.recent_batches = []
+    for spark_batch_id, add_batch in ((0, 800), (1, 1200), (2, 2000)):
+        phases = {"latestOffset": 5, "getBatch": 1, "addBatch": add_batch, "walCommit": 40}
+        progress = {
+            "batchId": spark_batch_id, "timestamp": iso(NOW), "batchDuration": add_batch + 100,
+            "durationMs": phases,
+        }  # fmt: skip
+        status.record_batch(batch_from_progress(progress, 0, {"result": add_batch - 100}))
+    write_status(status)
+    # When the overview is read
+    view = overview(str(data_root), now=NOW, thresholds=HealthThresholds(), use_cache=False)
+    words = next(s for s in view.streams if s.stream == "word_count")
+    # Then it has each phase's last and median milliseconds, the job's parts under addBatch
+    phases = {p["phase"]: (p["last_ms"], p["median_ms"]) for p in words.batch_time}
+    assert phases["addBatch"] == (2000, 1200)
+    assert phases["addBatch.result"] == (1900, 1100)
+    assert phases["other"] == (54, 54)
+    # And `streamops status word_count` prints them
+    one = {**view.to_dict(), "streams": [words.to_dict()]}
+    table = status_table(one)
+    assert "batch time by phase, last / median of 3 batches (ms): latestOffset 5/5" in table
+    assert "addBatch 2000/1200, addBatch.result 1900/1100" in table
