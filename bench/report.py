@@ -869,7 +869,8 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
             "\n**Where batch time goes** in the same runs: mean milliseconds per micro-batch "
             "in each of Spark's phases (`StreamingQueryProgress.durationMs`) over each query's "
             "last 30 batches; the jobs' own parts of `addBatch` come from their status "
-            "(`result`: computing the batch's result and collecting it as Arrow, one Spark "
+            "(`prepare`: reading the batch's time from the offset log; `result`: computing the "
+            "batch's result and collecting it as Arrow, one Spark "
             "action; `write`: the sink file); `other` is the batch time outside Spark's phases.\n"
         )
         add(

@@ -229,6 +229,7 @@ def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> Start
         clock = PartClock()
         batch_id = generation.sink_batch_id(spark_batch_id)
         batch_time = batch_time_of(layout.batch_timestamp_ms(spark_batch_id))
+        clock.lap("prepare")
         result = spec.batch_result(batch).toArrow()
         clock.lap("result")
         if result.num_rows:

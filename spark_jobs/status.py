@@ -30,9 +30,10 @@ SPARK_PHASES = (
     "walCommit",
     "commitOffsets",
 )
-# The jobs' own parts of `addBatch` (`runner.start`): computing the batch's result and collecting
-# it to the driver as Arrow (one Spark action), writing the sink file, printing it (`--console`).
-JOB_PARTS = ("result", "write", "console")
+# The jobs' own parts of `addBatch` (`runner.start`): reading the batch's time from the offset
+# log, computing the batch's result and collecting it to the driver as Arrow (one Spark action),
+# writing the sink file, printing it (`--console`).
+JOB_PARTS = ("prepare", "result", "write", "console")
 
 
 def utc_now() -> str:

@@ -96,6 +96,11 @@ def spec_for(args: argparse.Namespace) -> JobSpec:
         output_mode="append",
         build_stream=lambda lines, a: tokenize(lines, a.normalize),
         batch_result=count_words,
+        # The count runs as a batch query inside foreachBatch, where adaptive execution splits
+        # it into stages and re-plans between them: with one shuffle partition per core there is
+        # nothing for it to coalesce or re-balance, and the per-batch cost it adds was a third of
+        # `addBatch.result` (bench/throughput.py, docs/performance.md, "Where batch time goes").
+        spark_conf={"spark.sql.adaptive.enabled": "false"},
     )
 
 

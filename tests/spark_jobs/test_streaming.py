@@ -88,7 +88,7 @@ def test_status_file_reports_the_last_batch(spark: SparkSession, tmp_path: Path)
     phases = status.last_batch.phases_ms
     assert set(phases) == set(SPARK_PHASES), phases
     job = status.last_batch.job_ms
-    assert set(job) == {"result", "write"}, job  # no --console
+    assert set(job) == {"prepare", "result", "write"}, job  # no --console
     assert job["result"] > 0
     assert sum(job.values()) <= phases["addBatch"] + 5, (job, phases)  # parts of addBatch
     assert sum(phases.values()) <= status.last_batch.duration_ms + 5, phases

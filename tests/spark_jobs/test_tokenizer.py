@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
@@ -38,6 +40,34 @@ def words(spark: SparkSession, line: str, normalize: bool = False) -> list[str]:
 )
 def test_default_tokenizer(spark: SparkSession, line: str, expected: list[str]) -> None:
     assert words(spark, line) == expected
+
+
+# Bytes as the file source reads them: every kind of malformed UTF-8 separates words, and every
+# word comes out as valid UTF-8.
+MALFORMED = [
+    (b"caf\xc3\xa9 ok", ["caf\u00e9", "ok"]),  # valid two-byte sequence: kept
+    (b"bad\xffbyte", ["bad", "byte"]),  # a byte that never starts a sequence
+    (b"cont\x80\xbfonly", ["cont", "only"]),  # lone continuation bytes
+    (b"trunc\xe2\x82 end", ["trunc", "end"]),  # a truncated three-byte sequence
+    (b"over\xc0\xaflong", ["over", "long"]),  # an overlong encoding of '/'
+    (b"surr\xed\xa0\x80gate", ["surr", "gate"]),  # an encoded UTF-16 surrogate
+    (b"\xf0\x9f\x98\x80 smile \xf0\x9f\x98", ["\U0001f600", "smile"]),  # 4 bytes, then cut
+    (b"five\xf8\x88\x80\x80\x80byte", ["five", "byte"]),  # an old five-byte form
+    (b"\xf4\x90\x80\x80big", ["big"]),  # beyond U+10FFFF
+    (b"\xef\xbb\xbfbom lead", ["bom", "lead"]),  # a UTF-8 byte-order mark
+]
+
+
+def test_malformed_utf8_separates_words_and_every_word_is_valid(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # Given a file of lines with malformed UTF-8, read as the file source reads it
+    (tmp_path / "bytes.txt").write_bytes(b"\n".join(line for line, _ in MALFORMED) + b"\n")
+    lines = spark.read.text(str(tmp_path / "bytes.txt"))
+    # When it is tokenized
+    found = [row.word for row in tokenize(lines).collect()]
+    # Then the words are exactly those between the malformed sequences
+    assert found == [word for _, expected in MALFORMED for word in expected]
 
 
 @pytest.mark.parametrize(
