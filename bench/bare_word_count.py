@@ -6,6 +6,12 @@ sink, no tokenizer rules, no status, no generation checks), so it is what Spark 
 this query shape. The aggregation is stateful (update mode) and uses Spark's default state store
 unless `--state-store-provider` names another one.
 
+`--parquet DIR` makes it the query a user would write instead of the jobs: the same query writing
+its results as Parquet into DIR with `foreachBatch` and `df.write.parquet` (append), which is
+not exactly-once (a replayed batch is appended twice). With `--per-batch` the count runs inside
+`foreachBatch`, per micro-batch and without state, as word_count counts; without it, the
+stateful running counts of each batch are written, as running_total writes them.
+
 For diagnosis, `--tokenizer jobs` swaps `split(value, " ")` for the jobs' tokenizer
 (`spark_jobs.tokenizer.tokenize`, needs the repository on `PYTHONPATH`) and keeps everything else.
 
@@ -27,8 +33,9 @@ import signal
 import sys
 import threading
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.streaming import DataStreamWriter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +59,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="split: the seed's split(value, ' ') (default); jobs: spark_jobs.tokenizer",
     )
     parser.add_argument(
+        "--parquet",
+        metavar="DIR",
+        help="write the counts as Parquet into DIR with foreachBatch + df.write.parquet "
+        "(default: the noop sink)",
+    )
+    parser.add_argument(
+        "--per-batch",
+        action="store_true",
+        help="with --parquet: count each micro-batch inside foreachBatch, without state",
+    )
+    parser.add_argument(
         "--trigger-interval",
         metavar="INTERVAL",
         help="run as a live stream with this processing-time trigger until SIGTERM "
@@ -63,6 +81,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write the query's progress reports (batch id, rows, duration) here as JSON",
     )
     return parser.parse_args(argv)
+
+
+def naive_writer(words: DataFrame, args: argparse.Namespace) -> DataStreamWriter:
+    """The query writing Parquet the way the seed's reader would: `foreachBatch` and
+    `df.write.parquet`, appending."""
+    path = args.parquet
+
+    def write(batch: DataFrame, _batch_id: int) -> None:
+        counts = batch.groupBy("word").count() if args.per_batch else batch
+        counts.write.mode("append").parquet(path)
+
+    if args.per_batch:
+        return words.writeStream.foreachBatch(write)
+    return words.groupBy("word").count().writeStream.outputMode("update").foreachBatch(write)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,12 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             words = lines.select(F.explode(F.split(lines.value, " ")).alias("word"))
         writer = (
-            words.groupBy("word")
-            .count()
-            .writeStream.format("noop")
-            .outputMode("update")
-            .option("checkpointLocation", args.checkpoint)
+            naive_writer(words, args)
+            if args.parquet
+            else (words.groupBy("word").count().writeStream.format("noop").outputMode("update"))
         )
+        writer = writer.option("checkpointLocation", args.checkpoint)
         if args.trigger_interval:
             query = writer.trigger(processingTime=args.trigger_interval).start()
             while not query.awaitTermination(0.2):

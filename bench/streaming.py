@@ -274,6 +274,11 @@ class Sweep:
     kept_up: list[bool] = field(default_factory=list)
 
     @property
+    def fell_behind(self) -> bool:
+        """Whether the sweep ended at a step that did not keep up (not at its last rate)."""
+        return bool(self.kept_up) and not self.kept_up[-1]
+
+    @property
     def sustainable(self) -> float:
         """The highest rate of the leading run of steps that kept up (0 when none did)."""
         best = 0.0

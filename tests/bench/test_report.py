@@ -46,6 +46,7 @@ SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
                 "steps",
                 "last rate",
                 "last backlog s",
+                "ended",
             ],
             ["sustainable words/s", "vs pyarrow", "steps", "last rate", "last backlog s"],
         ),
@@ -189,6 +190,19 @@ def test_report_has_every_section_with_its_tables(report: Path) -> None:
                 for column in numeric:
                     cell = row[header.index(column)]
                     assert is_number(cell), f"{section}: {column} = {cell!r} is not a number"
+
+
+def test_the_jobs_are_measured_against_the_naive_parquet_queries(report: Path) -> None:
+    """Both capacity and the sweep hold the queries a user would write instead of the jobs."""
+    found = sections((report / "performance.md").read_text(encoding="utf-8"))
+    queries = [{row[0] for row in rows} for header, rows in tables(found["Throughput"])
+               if header[0] == "query"]  # fmt: skip
+    assert len(queries) == 2  # capacity, sweep
+    for names in queries:
+        assert names >= {"bare", "naive_wc", "naive_rt", "word_count", "running_total"}, names
+    targets = next(rows for header, rows in tables(found["Targets"]) if header[0] == "target")
+    assert any(row[0].startswith("word_count / naive_wc") for row in targets), targets
+    assert any(row[0].startswith("running_total / naive_rt") for row in targets), targets
 
 
 def test_quick_report_never_writes_into_docs(report: Path) -> None:
