@@ -51,7 +51,10 @@ SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
             ["sustainable words/s", "vs pyarrow", "steps", "last rate", "last backlog s"],
         ),
         # Where batch time goes: the jobs time every phase and their own parts of addBatch
-        (["phase", "bare", "word_count", "running_total"], ["word_count", "running_total"]),
+        (
+            ["phase", "bare", "naive_wc", "naive_rt", "word_count", "running_total"],
+            ["word_count", "running_total"],
+        ),
     ],
     "Latency": [
         (
