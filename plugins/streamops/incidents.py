@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from streamops.config import data_root
+from streamops.health import parse_time
 
 if TYPE_CHECKING:
     from spark_jobs.storage import Location
@@ -116,13 +117,8 @@ class Incident:
 
     def duration(self, now: datetime) -> timedelta:
         """How long it has lasted: until it resolved, or until `now`."""
-        end = _time(self.resolved_at) if self.resolved_at else now
-        return end - _time(self.opened_at)
-
-
-def _time(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        end = parse_time(self.resolved_at) if self.resolved_at else now
+        return end - parse_time(self.opened_at)
 
 
 def _iso(moment: datetime) -> str:
@@ -307,10 +303,10 @@ class _Check:
 
     def restarted(self, when: str, why: str) -> None:
         """Note a restart of the driver on every incident that was open at that time."""
-        moment = _time(when.replace("Z", "+00:00"))
+        moment = parse_time(when)
         for incident in self.current.values():
-            if _time(incident.opened_at) <= moment and (
-                incident.resolved_at is None or moment <= _time(incident.resolved_at)
+            if parse_time(incident.opened_at) <= moment and (
+                incident.resolved_at is None or moment <= parse_time(incident.resolved_at)
             ):
                 incident.restarted = f"its driver was restarted at {_iso(moment)}: {why}"
 
@@ -319,7 +315,7 @@ class _Check:
         self.outbox.append((incident, event(incident, kind, self.now, incident.restarted), None))
 
     def since(self, text: str | None) -> timedelta:
-        return self.now - _time(text) if text else timedelta(0)
+        return self.now - parse_time(text) if text else timedelta(0)
 
     def failed(self, breach: Breach) -> None:
         """A failed check of one signal: open, reopen (a flap), or update its incident."""

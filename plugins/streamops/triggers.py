@@ -196,6 +196,7 @@ class StreamDriverTrigger(BaseTrigger):
         import time
 
         from spark_jobs.status import read_status
+        from streamops.health import parse_time
 
         if self.stall_restart_seconds <= 0:
             return None
@@ -205,7 +206,7 @@ class StreamDriverTrigger(BaseTrigger):
         status = read_status(self.checkpoint)
         last = holder.since
         if status is not None and status.pid == holder.pid:
-            last = max(last, parse_epoch(status.updated_at))
+            last = max(last, parse_time(status.updated_at).timestamp())
         idle = time.time() - last
         if idle <= self.stall_restart_seconds:
             return None
@@ -269,14 +270,6 @@ class StreamDriverTrigger(BaseTrigger):
         runs on this host and has not stopped within `KILL_GRACE_SECONDS`."""
         done = await asyncio.to_thread(stop_driver, self.checkpoint, self.token, KILL_GRACE_SECONDS)
         self.log.info("stream %s: a user acted on the task; its driver: %s", self.stream, done)
-
-
-def parse_epoch(text: str) -> float:
-    """An ISO-8601 time (as status files write them) as Unix seconds."""
-    from datetime import UTC, datetime
-
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def kill_driver(holder: Any) -> str:
