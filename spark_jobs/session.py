@@ -62,6 +62,14 @@ def driver_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
     return {BIND_ADDRESS_ENV: env.get(BIND_ADDRESS_ENV) or DEFAULT_BIND_ADDRESS}
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine's loopback interface."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def unreachable_driver_warning(master: str, environ: Mapping[str, str] | None = None) -> str | None:
     """Why executors of `master` may not reach a driver started here, or None.
 
@@ -72,11 +80,7 @@ def unreachable_driver_warning(master: str, environ: Mapping[str, str] | None = 
     if env.get(BIND_ADDRESS_ENV) or not master.startswith("spark://"):
         return None
     host = urlsplit(master.split(",", maxsplit=1)[0]).hostname or ""
-    try:
-        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = host in (socket.gethostname(), socket.getfqdn())
-    if local:
+    if is_loopback(host) or host in (socket.gethostname(), socket.getfqdn()):
         return None
     return (
         f"drivers listen on {DEFAULT_BIND_ADDRESS} because {BIND_ADDRESS_ENV} is not set, but "

@@ -32,7 +32,6 @@ size) and of the input folder, cached for `CACHE_SECONDS`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 import threading
@@ -46,6 +45,7 @@ from urllib.parse import urlsplit
 from spark_jobs.checkpoints import SnapshotStore, tree_size
 from spark_jobs.layout import CheckpointLayout, Generation
 from spark_jobs.lease import read_lease
+from spark_jobs.session import is_loopback
 from spark_jobs.status import StreamStatus, batch_time_breakdown, read_status
 from spark_jobs.storage import Location
 from streamops import registry
@@ -147,11 +147,7 @@ def spark_ui_view(status: StreamStatus | None, this_host: str | None = None) -> 
         return None
     url = status.streaming_ui_url or status.ui_url
     parts = urlsplit(status.ui_url)
-    host = parts.hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
+    loopback = is_loopback(parts.hostname or "")
     port = parts.port
     tunnel = tunneled = None
     if loopback and port:
