@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+# The live on-call checks are shared by several tests: their asserts explain themselves too.
+pytest.register_assert_rewrite("tests.streamops.oncall_live")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # py4j logs at INFO while the interpreter shuts down, after pytest has closed its log streams.

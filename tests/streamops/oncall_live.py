@@ -142,10 +142,7 @@ def check_page(port: int, token: str) -> None:
             context.add_cookies([{"name": "_token", "value": token, "url": base}])
             page = context.new_page()
             page.goto(f"{base}/plugin/streams", wait_until="domcontentloaded", timeout=60_000)
-            frame_element = page.wait_for_selector("iframe", timeout=60_000)
-            frame = frame_element.content_frame()
-            assert frame is not None
-            assert frame.url.endswith("/streamops/ui"), frame.url
+            frame = wait_for_frame(page, "/streamops/ui", timeout=60)
             frame.wait_for_selector("body[data-loaded='true']", timeout=60_000)
             deadline = time.monotonic() + 60
             while True:
@@ -162,7 +159,8 @@ def check_page(port: int, token: str) -> None:
                 if time.monotonic() > deadline:
                     pytest.fail(f"the Streams page shows {states}")
                 time.sleep(2)
-            assert "streams" in frame.inner_text("#summary")
+            summary = frame.inner_text("#summary")
+            assert "streams" in summary, summary
             check_spark_ui_links(context, frame, states, streams_by_name(port, token))
             # Each stream's details say where its batch time goes
             phases = frame.eval_on_selector_all(
@@ -178,10 +176,27 @@ def check_page(port: int, token: str) -> None:
                 assert scroll <= client, f"{where} scrolls sideways: {scroll} > {client} px"
             shot = ARTIFACTS / "streams-page.png"
             page.screenshot(path=str(shot), full_page=True)
-            frame_element.screenshot(path=str(ARTIFACTS / "streams-page-frame.png"))
+            frame.frame_element().screenshot(path=str(ARTIFACTS / "streams-page-frame.png"))
             print(f"Streams page: {states}; screenshot {shot}")
         finally:
             browser.close()
+
+
+def wait_for_frame(page: Any, url_end: str, timeout: float) -> Any:
+    """The page's frame whose URL ends with `url_end`, once it has one.
+
+    Airflow's React UI may render the plugin's iframe more than once while it loads, so an
+    element found early can be detached by the time it is read: look the frame up by its URL.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        frames = [f for f in page.frames if f.url.endswith(url_end) and not f.is_detached()]
+        if frames:
+            return frames[-1]
+        if time.monotonic() > deadline:
+            urls = [f.url for f in page.frames]
+            pytest.fail(f"no frame at ...{url_end} after {timeout:.0f} s: {urls}")
+        time.sleep(0.5)
 
 
 def check_spark_ui_links(
