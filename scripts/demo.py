@@ -79,11 +79,14 @@ def feed(number: int, text: str) -> None:
 def show_sinks() -> None:
     import pandas as pd
 
+    from spark_jobs.sinks import sink_files
+
     pd.set_option("display.width", 120)
     for job in JOBS:
         sink = DATA / f"{job}-sink"
-        say(f"{job} sink ({sink}), as pandas.read_parquet reads it:")
-        print(pd.read_parquet(sink).sort_values(["batch_id", "word"]).to_string(index=False))
+        say(f"{job} sink ({sink}), as pd.read_parquet(sink_files(sink)) reads it:")
+        frame = pd.read_parquet(sink_files(str(sink)))  # type: ignore[call-overload]
+        print(frame.sort_values(["batch_id", "word"]).to_string(index=False))
 
 
 def main() -> int:

@@ -24,7 +24,13 @@ from typing import Any
 import pyarrow as pa
 from pyarrow import fs as pafs
 
-from spark_jobs.layout import CONTROL_FILES, STREAMOPS_DIR, CheckpointLayout, Generation
+from spark_jobs.layout import (
+    CONTROL_FILES,
+    STREAMOPS_DIR,
+    CheckpointLayout,
+    Generation,
+    SinkLayout,
+)
 from spark_jobs.storage import Location
 
 DEFAULT_KEEP_COUNT = 10
@@ -296,21 +302,16 @@ def _delete(location: Location) -> None:
         location.filesystem.delete_file(location.path)
 
 
-def truncate_sink(sink: Location, after_batch_id: int | None) -> list[int]:
-    """Delete a sink's batch files with ids above `after_batch_id` (all when None).
+def truncate_sink(sink: Location, after_batch_id: int | None, reason: str) -> list[int]:
+    """Delete a sink's batches with ids above `after_batch_id` (all when None).
 
     Spark recomputes those batches from the checkpoint, possibly grouped differently, so
-    keeping them would count their records twice.
+    keeping them would count their records twice. Under the sink's maintenance lease, so never
+    beside a compaction (`compaction.truncate`).
     """
-    from spark_jobs.layout import SINK_FILE_PATTERN
+    from spark_jobs.compaction import truncate
 
-    removed = []
-    for info in sink.list():
-        match = SINK_FILE_PATTERN.match(info.base_name)
-        if match and (after_batch_id is None or int(match.group(1)) > after_batch_id):
-            sink.filesystem.delete_file(info.path)
-            removed.append(int(match.group(1)))
-    return removed
+    return truncate(SinkLayout(sink), after_batch_id, owner=reason, reason=reason)
 
 
 def restore(layout: CheckpointLayout, sink: Location, snapshot_id: str | None = None) -> Snapshot:
@@ -333,7 +334,7 @@ def restore(layout: CheckpointLayout, sink: Location, snapshot_id: str | None = 
             _copy_tree(item, layout.root.child(info.base_name))
         else:
             layout.root.child(info.base_name).write_bytes_atomic(item.read_bytes())
-    truncate_sink(sink, snapshot.last_sink_batch_id)
+    truncate_sink(sink, snapshot.last_sink_batch_id, f"restore of snapshot {snapshot.id}")
     layout.root.child(STREAMOPS_DIR, RESTORED_FROM_FILE).write_text_atomic(snapshot.id + "\n")
     return snapshot
 
@@ -409,7 +410,7 @@ def rotate(
                 path.filesystem.move(path.path, archive.child(path.name).path)
                 archived += 1
 
-    truncate_sink(sink, last_sink)
+    truncate_sink(sink, last_sink, f"rotation to generation {previous.number + 1}")
     _clear_checkpoint(layout)
     if base is not None:
         import pyarrow.parquet as pq
@@ -431,13 +432,10 @@ def _final_totals(sink: Location, last_sink_batch_id: int | None) -> pa.Table:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from spark_jobs.layout import SINK_FILE_PATTERN
-
     files = [
-        info.path
-        for info in sink.list()
-        if (m := SINK_FILE_PATTERN.match(info.base_name))
-        and (last_sink_batch_id is None or int(m.group(1)) <= last_sink_batch_id)
+        f.path
+        for f in SinkLayout(sink).live()
+        if last_sink_batch_id is None or f.first <= last_sink_batch_id
     ]
     fields: list[pa.Field[Any]] = [
         pa.field("word", pa.string()),
@@ -447,7 +445,8 @@ def _final_totals(sink: Location, last_sink_batch_id: int | None) -> pa.Table:
     if not files:
         return schema.empty_table()
     table = ds.dataset(files, filesystem=sink.filesystem, format="parquet").to_table(
-        columns=["word", "total", "batch_id"]
+        columns=["word", "total", "batch_id"],
+        filter=None if last_sink_batch_id is None else ds.field("batch_id") <= last_sink_batch_id,
     )
     latest = table.group_by("word").aggregate([("batch_id", "max")])
     joined = table.join(

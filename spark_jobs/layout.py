@@ -13,10 +13,19 @@ A checkpoint folder holds Spark's own files and, in `_streamops/`, ours:
             lease.json        which driver runs the query on this checkpoint (see `lease.py`)
             stop-request      present: stop at the next batch boundary and exit 0
 
-A sink folder is a Parquet dataset, one file per micro-batch:
+A sink folder is a Parquet dataset of batch files and, once compacted, range files:
 
-    <sink>/part-<batch_id, 12 digits>.parquet
-    <sink>/.part-...tmp       a batch being written; hidden, so no reader sees it
+    <sink>/part-<batch_id>.parquet          one micro-batch's rows (ids are 12 digits)
+    <sink>/part-<first>-<last>.parquet      the rows of batches first..last, merged by compaction
+    <sink>/.part-...tmp                     a file being written; hidden, so no reader sees it
+    <sink>/_streamops/
+        maintenance.json  the lease of a compaction, restore or rotation (see `sink_lease`)
+        sink.json         the sink's history: compactions, truncations (see `SinkHistory`)
+
+The reader contract (`live_files`): the batch ranges of a sink's files are nested or disjoint,
+never partly overlapping. A file whose range lies inside another file's range is *superseded*
+(compaction leaves the files it merged in place for a grace period, so that reads already under
+way finish). Reading the files no other file supersedes gives every batch exactly once.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+
+from pyarrow import fs as pafs
 
 from spark_jobs.storage import Location
 
@@ -34,12 +45,102 @@ STOP_REQUEST = "stop-request"
 #: Files of `_streamops/` that describe the running stream, not the checkpoint's content: a
 #: snapshot leaves them out, and a restore or rotation keeps the live ones.
 CONTROL_FILES = (LEASE_FILE, STATUS_FILE, STOP_REQUEST)
-SINK_FILE_PATTERN = re.compile(r"^part-(\d{12})\.parquet$")
+SINK_FILE_PATTERN = re.compile(r"^part-(\d{12})(?:-(\d{12}))?\.parquet$")
+SINK_HISTORY_FILE = "sink.json"
+MAINTENANCE_LEASE_FILE = "maintenance.json"
 
 
-def sink_file_name(batch_id: int) -> str:
-    """The file that holds one micro-batch's rows in a sink."""
-    return f"part-{batch_id:012d}.parquet"
+def sink_file_name(first: int, last: int | None = None) -> str:
+    """The file that holds one micro-batch's rows in a sink, or those of batches first..last."""
+    if last is None or last == first:
+        return f"part-{first:012d}.parquet"
+    if last < first:
+        raise ValueError(f"a sink file's range {first}..{last} ends before it starts")
+    return f"part-{first:012d}-{last:012d}.parquet"
+
+
+@dataclass(frozen=True)
+class SinkFile:
+    """One Parquet file of a sink: the batches it holds, and what the listing said of it."""
+
+    first: int
+    last: int
+    path: str
+    size: int = 0
+    mtime_ns: int = 0
+
+    @property
+    def name(self) -> str:
+        """`part-<first>.parquet` or `part-<first>-<last>.parquet`."""
+        return sink_file_name(self.first, self.last)
+
+    @property
+    def is_range(self) -> bool:
+        """Whether compaction wrote it (it may hold several batches)."""
+        return self.last > self.first
+
+    def holds(self, other: SinkFile) -> bool:
+        """Whether `other`'s batches all lie in this file's range."""
+        return self.first <= other.first and other.last <= self.last
+
+    @classmethod
+    def parse(cls, name: str, path: str, size: int = 0, mtime_ns: int = 0) -> SinkFile | None:
+        """The sink file a name denotes, or None for any other name."""
+        match = SINK_FILE_PATTERN.match(name)
+        if match is None:
+            return None
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) else first
+        return cls(first, last, path, size, mtime_ns) if last >= first else None
+
+
+class SinkLayoutError(ValueError):
+    """Two files of a sink hold partly overlapping batch ranges: not a sink this code wrote."""
+
+
+def list_sink_files(sink: Location) -> list[SinkFile]:
+    """Every batch and range file of a sink, by first batch id (empty when there is no sink)."""
+    found = []
+    for info in sink.list():
+        if info.type != pafs.FileType.File:
+            continue
+        parsed = SinkFile.parse(info.base_name, info.path, info.size or 0, info.mtime_ns or 0)
+        if parsed is not None:
+            found.append(parsed)
+    return sorted(found, key=lambda f: (f.first, -f.last))
+
+
+def live_files(files: list[SinkFile]) -> list[SinkFile]:
+    """The reader contract: the files no other file supersedes, in batch order.
+
+    Raises `SinkLayoutError` when two ranges partly overlap (some batch could not be read from
+    exactly one file).
+    """
+    live: list[SinkFile] = []
+    for f in sorted(files, key=lambda f: (f.first, -f.last)):
+        if live and f.first <= live[-1].last:
+            if f.last <= live[-1].last:
+                continue  # superseded by the live file that holds it
+            raise SinkLayoutError(
+                f"sink files {live[-1].path} and {f.path} hold partly overlapping batch ranges, "
+                "so no reader can take each batch from one file; move the one that was not "
+                "written by this project's sink or compaction out of the sink folder"
+            )
+        live.append(f)
+    return live
+
+
+def superseded_files(files: list[SinkFile]) -> list[tuple[SinkFile, SinkFile]]:
+    """Each superseded file with the live file that holds it."""
+    live = live_files(files)
+    result = []
+    i = 0
+    for f in sorted(files, key=lambda f: (f.first, -f.last)):
+        while i < len(live) and live[i].last < f.first:
+            i += 1
+        if i < len(live) and live[i] is not f and live[i].holds(f):
+            result.append((f, live[i]))
+    return result
 
 
 @dataclass(frozen=True)
@@ -145,3 +246,33 @@ class Generation:
             json.dumps({"first_sink_batch_id": self.first_sink_batch_id, "number": self.number})
             + "\n"
         )
+
+
+@dataclass(frozen=True)
+class SinkLayout:
+    """The files of one sink folder."""
+
+    root: Location
+
+    @classmethod
+    def of(cls, sink: str) -> SinkLayout:
+        """The layout of the sink at a local path or URI."""
+        return cls(Location.of(sink))
+
+    def files(self) -> list[SinkFile]:
+        """Every batch and range file, superseded ones included."""
+        return list_sink_files(self.root)
+
+    def live(self) -> list[SinkFile]:
+        """The files a reader reads (`live_files`)."""
+        return live_files(self.files())
+
+    @property
+    def history_file(self) -> Location:
+        """What compactions and truncations did to the sink (`compaction.SinkHistory`)."""
+        return self.root.child(STREAMOPS_DIR, SINK_HISTORY_FILE)
+
+    @property
+    def maintenance_lease(self) -> Location:
+        """Held while a compaction, restore or rotation rewrites the sink's files."""
+        return self.root.child(STREAMOPS_DIR, MAINTENANCE_LEASE_FILE)

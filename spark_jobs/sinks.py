@@ -11,23 +11,28 @@ already written. So the sink makes every write of a batch idempotent:
 - `batch_time` is the timestamp Spark recorded for the batch in the offset log, so a replay
   writes the same value.
 
-A batch with no rows writes no file.
+A batch with no rows writes no file. Compaction (`compaction.py`) later merges committed
+batches into range files; `sink_files` is how any reader sees each batch exactly once then.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_jobs.layout import SINK_FILE_PATTERN, sink_file_name
+from spark_jobs.layout import list_sink_files, live_files, sink_file_name
 from spark_jobs.storage import Location
 
 log = logging.getLogger(__name__)
+
+#: A batch file being written (`storage.Location.write_bytes_atomic`'s temporary name).
+BATCH_TEMP_FILE = re.compile(r"^\.part-\d{12}\.parquet\.[0-9a-f]+\.tmp$")
 
 BATCH_COLUMNS: list[pa.Field[Any]] = [
     pa.field("batch_id", pa.int64(), nullable=False),
@@ -57,19 +62,17 @@ class ParquetBatchSink:
         self.root = Location.of(path)
         self.schema = schema
 
-    def batch_ids(self) -> list[int]:
-        """The ids of the batches in the sink, ascending."""
-        found = (SINK_FILE_PATTERN.match(info.base_name) for info in self.root.list())
-        return sorted(int(m.group(1)) for m in found if m)
-
     def last_batch_id(self) -> int | None:
         """The largest batch id in the sink, or None when it is empty."""
-        ids = self.batch_ids()
-        return ids[-1] if ids else None
+        files = list_sink_files(self.root)
+        return max((f.last for f in files), default=None)
 
     def remove_incomplete(self) -> int:
-        """Delete hidden files left by a writer that was killed mid-write. Returns how many."""
-        stale = [i for i in self.root.list() if i.base_name.startswith(".part-")]
+        """Delete hidden batch files left by a writer that was killed mid-write. Returns how many.
+
+        Only batch files: a compaction running beside the job cleans up its own.
+        """
+        stale = [i for i in self.root.list() if BATCH_TEMP_FILE.match(i.base_name)]
         for info in stale:
             self.root.filesystem.delete_file(info.path)
         return len(stale)
@@ -103,3 +106,38 @@ def format_batch(batch_time: datetime, table: pa.Table, value_column: str, limit
 def batch_time_of(timestamp_ms: int) -> datetime:
     """A Spark batch timestamp (epoch milliseconds) as a UTC datetime."""
     return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+
+
+def sink_files(sink: str) -> list[str]:
+    """The files to read so as to see every batch of a sink exactly once: the reader contract.
+
+    Any Parquet reader takes the list (`pandas.read_parquet`, `pyarrow.parquet.read_table`,
+    `duckdb.read_parquet`, `spark.read.parquet(*files)`). Local sinks give absolute paths, URI
+    sinks (`s3://...`) URIs. A read must end within the compaction's grace period (default one
+    hour) of this call: files merged by a compaction are deleted after it. Empty when the sink
+    has no batch yet.
+    """
+    root = Location.of(sink)
+    prefix = sink.split("://", 1)[0] + "://" if "://" in sink else ""
+    return [prefix + f.path for f in live_files(list_sink_files(root))]
+
+
+def read_sink(sink: str, columns: list[str] | None = None) -> pa.Table:
+    """A sink's rows as one Arrow table, every batch exactly once (`sink_files`, read by pyarrow).
+
+    A compaction that deletes files between the listing and the read makes it list again.
+    """
+    import pyarrow.dataset as ds
+
+    root = Location.of(sink)
+    for attempt in range(3):
+        files = [f.path for f in live_files(list_sink_files(root))]
+        if not files:
+            return pa.table({})
+        try:
+            dataset = ds.dataset(files, format="parquet", filesystem=root.filesystem)
+            return dataset.to_table(columns=columns)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")

@@ -57,12 +57,14 @@ def drop_file(folder: Path, name: str, content: str | bytes, mtime: float | None
 
 
 def read_sink(path: Path) -> pd.DataFrame:
-    """A sink as pandas reads it, sorted for comparison."""
-    import pandas as pd
+    """A sink as a reader that follows the reader contract reads it, sorted for comparison."""
+    from spark_jobs.sinks import read_sink as read_rows
 
     if not path.exists() or not any(path.glob("*.parquet")):
+        import pandas as pd
+
         return pd.DataFrame()
-    frame = pd.read_parquet(path)
+    frame = read_rows(str(path)).to_pandas()
     return frame.sort_values([c for c in ("batch_id", "word") if c in frame]).reset_index(drop=True)
 
 

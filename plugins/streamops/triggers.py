@@ -30,31 +30,27 @@ DEFAULT_POLL_SECONDS = 60.0
 
 
 def newest_sink_files(root: str) -> dict[str, dict[str, int]]:
-    """For each registered stream whose sink holds batches: its newest file's mtime (ns) and its
-    largest batch id. Streams whose sink cannot be listed are left out (and logged)."""
+    """For each registered stream whose sink holds batches: its newest batch file's mtime (ns)
+    and its largest batch id. Compacted range files are not new output and are not counted.
+    Streams whose sink cannot be listed are left out (and logged)."""
     import logging
 
-    from spark_jobs.layout import SINK_FILE_PATTERN
-    from spark_jobs.storage import Location
+    from spark_jobs.layout import SinkLayout
     from streamops import registry
 
     log = logging.getLogger(__name__)
     marks: dict[str, dict[str, int]] = {}
     for record in registry.load_all(root):
         try:
-            infos = Location.of(record.sink).list()
+            files = SinkLayout.of(record.sink).files()
         except (OSError, ValueError) as err:
             log.warning("stream %s: cannot list its sink %s: %s", record.stream, record.sink, err)
             continue
-        batch_ids = []
-        mtimes = []
-        for info in infos:
-            match = SINK_FILE_PATTERN.match(info.base_name)
-            if match:
-                batch_ids.append(int(match.group(1)))
-                mtimes.append(int(info.mtime_ns or 0))
-        if batch_ids:
-            marks[record.stream] = {"batch_id": max(batch_ids), "mtime_ns": max(mtimes)}
+        if files:
+            marks[record.stream] = {
+                "batch_id": max(f.last for f in files),
+                "mtime_ns": max((f.mtime_ns for f in files if not f.is_range), default=0),
+            }
     return marks
 
 

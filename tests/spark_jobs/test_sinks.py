@@ -16,6 +16,7 @@ from spark_jobs.sinks import (
     WORD_COUNT_SCHEMA,
     ParquetBatchSink,
     format_batch,
+    sink_files,
     with_batch_columns,
 )
 
@@ -37,7 +38,11 @@ def test_rewriting_a_batch_replaces_it_instead_of_adding_a_copy(tmp_path: Path) 
     frame = pd.read_parquet(tmp_path)
     assert len(frame) == 3
     assert frame.groupby("word")["count"].sum().to_dict() == {"hello": 3, "spark": 2}
-    assert sink.batch_ids() == [0, 1]
+    assert sink.last_batch_id() == 1
+    assert sink_files(str(tmp_path)) == [
+        str(tmp_path / "part-000000000000.parquet"),
+        str(tmp_path / "part-000000000001.parquet"),
+    ]
 
 
 def test_sink_columns_have_the_contract_types(tmp_path: Path) -> None:

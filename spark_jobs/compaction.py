@@ -1,0 +1,537 @@
+"""Sink maintenance: compaction, truncation and retention of a sink's Parquet files.
+
+A stream writes one file per micro-batch: 86,400 a day at the default 1-second trigger. Every
+reader pays for listing and opening them (`docs/sinks.md` has the figures). Compaction merges
+*committed* batches into range files, `part-<first>-<last>.parquet`, of up to a target size:
+
+1. It takes the sink's maintenance lease (`layout.SinkLayout.maintenance_lease`), so that it
+   never runs beside another compaction, a restore or a rotation of the same sink.
+2. It reads the last committed batch from the stream's checkpoint and never touches a newer
+   batch: only those can be replayed (a checkpoint restore truncates the sink first, under the
+   same lease).
+3. It walks the live files (`layout.live_files`) in batch order and streams consecutive small
+   ones into a new file, written under a hidden name and renamed into place. From that instant
+   the new file supersedes the files it merged: a reader following the contract reads it and
+   skips them; a reader that listed the folder just before still reads the old files.
+4. Files superseded for longer than the grace period (default one hour) are deleted, as Delta
+   Lake's VACUUM deletes files no snapshot needs: a read must end within the grace period.
+
+A kill at any point leaves either the old files alone, or the new file beside the files it
+supersedes: a reader sees every batch exactly once in both cases, and the next run goes on.
+
+Only pyarrow and the standard library are imported: the Airflow workers run this code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spark_jobs.layout import (
+    CheckpointLayout,
+    SinkFile,
+    SinkLayout,
+    SinkLayoutError,
+    live_files,
+    sink_file_name,
+    superseded_files,
+)
+from spark_jobs.lease import Lease, LeaseHeld
+from spark_jobs.storage import Location
+
+log = logging.getLogger(__name__)
+
+TARGET_MB_ENV = "STREAMOPS_COMPACT_TARGET_MB"
+GRACE_ENV = "STREAMOPS_COMPACT_GRACE_SECONDS"
+DEFAULT_TARGET_MB = 64.0
+DEFAULT_GRACE_SECONDS = 3600.0
+#: Rows per row group of a compacted file: few enough to stream, many enough to read fast.
+ROW_GROUP_ROWS = 1_000_000
+TEMP_PREFIX = ".compact-"
+HISTORY_KEEP = 50
+
+
+class SinkBusy(RuntimeError):
+    """Another compaction, restore or rotation holds the sink's maintenance lease."""
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    """How big compacted files get, and how long merged files stay for running reads."""
+
+    target_bytes: int = int(DEFAULT_TARGET_MB * 1024 * 1024)
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+
+    @classmethod
+    def from_env(
+        cls, target_mb: float | None = None, grace_seconds: float | None = None
+    ) -> CompactionPolicy:
+        """The given values, else `$STREAMOPS_COMPACT_TARGET_MB` and
+        `$STREAMOPS_COMPACT_GRACE_SECONDS`, else the defaults."""
+        target = target_mb or float(os.environ.get(TARGET_MB_ENV, DEFAULT_TARGET_MB))
+        grace = grace_seconds
+        if grace is None:
+            grace = float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_SECONDS))
+        if target <= 0 or grace < 0:
+            raise ValueError(
+                f"${TARGET_MB_ENV} must be > 0 and ${GRACE_ENV} >= 0 (got {target}, {grace})"
+            )
+        return cls(int(target * 1024 * 1024), grace)
+
+
+@dataclass
+class SinkHistory:
+    """`<sink>/_streamops/sink.json`: what maintenance did to the sink, newest last."""
+
+    compactions: list[dict[str, object]] = field(default_factory=list)
+    #: Each truncation (a restore or rotation removed batches after `after`): quality checks
+    #: re-check from there, since those batches are recomputed.
+    truncations: list[dict[str, object]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, sink: SinkLayout) -> SinkHistory:
+        """The history, empty for a sink never maintained."""
+        if not sink.history_file.exists():
+            return cls()
+        data = json.loads(sink.history_file.read_text())
+        return cls(list(data.get("compactions", [])), list(data.get("truncations", [])))
+
+    def write(self, sink: SinkLayout) -> None:
+        """Write it atomically, keeping the newest entries."""
+        self.compactions = self.compactions[-HISTORY_KEEP:]
+        self.truncations = self.truncations[-HISTORY_KEEP:]
+        sink.history_file.write_text_atomic(json.dumps(asdict(self), indent=1) + "\n")
+
+    @property
+    def last_compaction(self) -> dict[str, object] | None:
+        """The newest compaction's record."""
+        return self.compactions[-1] if self.compactions else None
+
+
+@dataclass
+class CompactionResult:
+    """What one run did."""
+
+    through_batch_id: int | None
+    files_before: int
+    written: list[SinkFile] = field(default_factory=list)
+    merged: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for logs and task output."""
+        if self.through_batch_id is None:
+            return "nothing to compact: no committed batch yet"
+        head = (
+            f"merged {self.merged:,} files ({self.bytes_in:,} bytes) into {len(self.written)} "
+            f"({self.bytes_out:,} bytes)"
+            if self.written
+            else "no files to merge"
+        )
+        return (
+            f"{head}; deleted {self.deleted:,} superseded files; committed batches through "
+            f"{self.through_batch_id}; {self.files_before:,} files before; {self.seconds:.1f} s"
+        )
+
+
+def committed_through(checkpoint: str) -> int | None:
+    """The sink batch id of the checkpoint's last committed batch (newer ones may be replayed)."""
+    from spark_jobs.checkpoints import last_committed
+
+    layout = CheckpointLayout.of(checkpoint)
+    if not layout.root.exists():
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint} does not exist, so which batches are committed is unknown: "
+            "compact a sink with the checkpoint of the stream that writes it"
+        )
+    return last_committed(layout)[1]
+
+
+class _MaintenanceLease:
+    """The sink's maintenance lease, renewed while held; `lost` is set if it was taken over."""
+
+    def __init__(self, sink: SinkLayout, what: str, owner: str) -> None:
+        self.lease = Lease(sink.maintenance_lease, stream=what, owner=owner)
+        self.lost = False
+
+    def __enter__(self) -> _MaintenanceLease:
+        try:
+            self.lease.acquire()
+        except LeaseHeld as held:
+            raise SinkBusy(
+                f"{held}; the sink is being maintained: run again once it is done"
+            ) from held
+        self.lease.start_renewing(lambda _holder: setattr(self, "lost", True))
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.lease.release()
+
+    def check(self) -> None:
+        """Raise before a change if the lease was lost (this process froze past its TTL)."""
+        if self.lost:
+            raise SinkBusy(f"lost the sink's maintenance lease {self.lease.lease_file}: stopping")
+
+
+def compaction_runs(live: list[SinkFile], through: int, target_bytes: int) -> list[list[SinkFile]]:
+    """Runs of consecutive live files a compaction may merge: committed, smaller than the target.
+
+    A file at the target size or larger is left alone and ends a run.
+    """
+    runs: list[list[SinkFile]] = [[]]
+    for f in live:
+        if f.last > through:
+            break
+        if f.size < target_bytes:
+            runs[-1].append(f)
+        elif runs[-1]:
+            runs.append([])
+    return [run for run in runs if len(run) >= 2]
+
+
+def compact(
+    sink: str,
+    checkpoint: str,
+    policy: CompactionPolicy | None = None,
+    owner: str = "compaction",
+    progress: Callable[[str], None] | None = None,
+) -> CompactionResult:
+    """Merge a sink's committed small files, then delete files superseded past the grace period.
+
+    Raises `SinkBusy` when another maintenance holds the sink, `FileNotFoundError` when the
+    checkpoint is missing.
+    """
+    policy = policy or CompactionPolicy.from_env()
+    layout = SinkLayout.of(sink)
+    say = progress or log.info
+    started = time.monotonic()
+    through = committed_through(checkpoint)
+    with _MaintenanceLease(layout, f"compaction of {layout.root}", owner) as lease:
+        files = layout.files()
+        result = CompactionResult(through, len(files))
+        if through is not None:
+            live = live_files(files)
+            _merge(
+                layout, live, through=through, policy=policy, lease=lease, result=result, say=say
+            )
+        result.deleted = _delete_superseded(layout, policy.grace_seconds, lease)
+        result.seconds = time.monotonic() - started
+        if result.written or result.deleted:
+            history = SinkHistory.read(layout)
+            history.compactions.append(
+                {
+                    "time": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "owner": owner,
+                    "through_batch_id": through,
+                    "merged": result.merged,
+                    "written": [f.name for f in result.written],
+                    "bytes_in": result.bytes_in,
+                    "bytes_out": result.bytes_out,
+                    "deleted": result.deleted,
+                    "seconds": round(result.seconds, 3),
+                }
+            )
+            history.write(layout)
+    return result
+
+
+def _merge(
+    layout: SinkLayout,
+    live: list[SinkFile],
+    *,
+    through: int,
+    policy: CompactionPolicy,
+    lease: _MaintenanceLease,
+    result: CompactionResult,
+    say: Callable[[str], None],
+) -> None:
+    total = sum(1 for f in live if f.last <= through)
+    done = 0
+    for run in compaction_runs(live, through, policy.target_bytes):
+        writer = _RangeWriter(layout.root, policy.target_bytes)
+        for f, table in _read_ahead(layout.root, run):
+            if not writer.add(f, table):
+                _finish(writer, lease, result)
+                writer = _RangeWriter(layout.root, policy.target_bytes)
+                writer.add(f, table)
+            done += 1
+            if done % 5000 == 0:
+                say(f"compaction: read {done:,} of {total:,} committed files")
+        _finish(writer, lease, result)
+
+
+#: Files up to this size are read whole by a pool of threads; larger ones are streamed.
+READ_AHEAD_MAX_BYTES = 8 * 1024 * 1024
+READ_AHEAD_FILES = 64
+READ_THREADS = 8
+
+
+def _read_ahead(
+    root: Location, files: list[SinkFile]
+) -> Iterator[tuple[SinkFile, pa.Table | None]]:
+    """The files in order, each small one with its rows read by a thread pool, a chunk at a time
+    (so that memory holds at most `READ_AHEAD_FILES` small files)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(f: SinkFile) -> pa.Table | None:
+        if f.size > READ_AHEAD_MAX_BYTES:
+            return None
+        return pq.read_table(f.path, filesystem=root.filesystem)
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        for start in range(0, len(files), READ_AHEAD_FILES):
+            chunk = files[start : start + READ_AHEAD_FILES]
+            yield from zip(chunk, pool.map(read, chunk), strict=True)
+
+
+def _finish(writer: _RangeWriter, lease: _MaintenanceLease, result: CompactionResult) -> None:
+    """Put the writer's file in place if it merged two files or more; else drop it."""
+    if len(writer.sources) < 2:
+        writer.abort()
+        return
+    lease.check()
+    written = writer.commit()
+    result.written.append(written)
+    result.merged += len(writer.sources)
+    result.bytes_in += sum(f.size for f in writer.sources)
+    result.bytes_out += written.size
+
+
+class _RangeWriter:
+    """Streams whole source files, in batch order, into one hidden file; renamed at commit."""
+
+    def __init__(self, root: Location, target_bytes: int) -> None:
+        self.root = root
+        self.target_bytes = target_bytes
+        self.sources: list[SinkFile] = []
+        self.temp = root.child(f"{TEMP_PREFIX}{uuid.uuid4().hex}.tmp")
+        self._stream: pa.NativeFile | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._pending_bytes = 0
+
+    def add(self, f: SinkFile, table: pa.Table | None = None) -> bool:
+        """Append a file's rows (`table`, or streamed from the file when None); False (nothing
+        added) when they do not fit this file."""
+        if table is not None:
+            return self._add(f, table.schema, table.to_batches())
+        with self.root.filesystem.open_input_file(f.path) as handle:
+            source = pq.ParquetFile(handle)
+            return self._add(f, source.schema_arrow, source.iter_batches(ROW_GROUP_ROWS))
+
+    def _add(self, f: SinkFile, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> bool:
+        if self._writer is not None and (
+            self._schema is None
+            or not schema.equals(self._schema)
+            or self.written_bytes() >= self.target_bytes
+        ):
+            return False
+        if self._writer is None:
+            self._schema = schema
+            self._stream = self.root.filesystem.open_output_stream(self.temp.path)
+            self._writer = pq.ParquetWriter(self._stream, schema)
+        for batch in batches:
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+            self._pending_bytes += batch.nbytes
+            if self._pending_rows >= ROW_GROUP_ROWS:
+                self._flush()
+        self.sources.append(f)
+        return True
+
+    def written_bytes(self) -> int:
+        """Bytes in the output so far; rows not yet written count a quarter of their memory
+        size (Parquet's encoding and compression)."""
+        flushed = self._stream.tell() if self._stream is not None else 0
+        return flushed + self._pending_bytes // 4
+
+    def _flush(self) -> None:
+        if self._pending and self._writer is not None:
+            table = pa.Table.from_batches(self._pending, schema=self._schema)
+            self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self._pending = []
+        self._pending_rows = 0
+        self._pending_bytes = 0
+
+    def commit(self) -> SinkFile:
+        """Close the file and rename it to `part-<first>-<last>.parquet`."""
+        self._flush()
+        assert self._writer is not None
+        assert self._stream is not None
+        self._writer.close()
+        self._stream.close()
+        first, last = self.sources[0].first, self.sources[-1].last
+        target = self.root.child(sink_file_name(first, last))
+        self.root.filesystem.move(self.temp.path, target.path)
+        info = self.root.filesystem.get_file_info(target.path)
+        return SinkFile(first, last, target.path, info.size or 0, info.mtime_ns or 0)
+
+    def abort(self) -> None:
+        """Drop the hidden file."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._stream is not None:
+            self._stream.close()
+            self.root.filesystem.delete_file(self.temp.path)
+
+
+def _delete_superseded(layout: SinkLayout, grace_seconds: float, lease: _MaintenanceLease) -> int:
+    """Delete files superseded for longer than the grace period, and stale hidden files."""
+    now_ns = time.time_ns()
+    grace_ns = int(grace_seconds * 1e9)
+    deleted = 0
+    for old, holder in superseded_files(layout.files()):
+        if now_ns - holder.mtime_ns >= grace_ns:
+            lease.check()
+            layout.root.filesystem.delete_file(old.path)
+            deleted += 1
+    for info in layout.root.list():
+        stale = info.base_name.startswith(TEMP_PREFIX) and info.base_name.endswith(".tmp")
+        if stale and now_ns - int(info.mtime_ns or 0) >= grace_ns:
+            layout.root.filesystem.delete_file(info.path)
+    return deleted
+
+
+def truncate(
+    layout: SinkLayout, after_batch_id: int | None, *, owner: str, reason: str
+) -> list[int]:
+    """Remove every batch after `after_batch_id` (all when None) from a stopped stream's sink.
+
+    A checkpoint restore or rotation calls it: Spark recomputes those batches, possibly grouped
+    differently, so keeping them would count their records twice. A range file across the cut is
+    rewritten with its batches up to it. Returns the first batch ids of the files removed.
+    """
+    with _MaintenanceLease(layout, f"truncation of {layout.root}", owner) as lease:
+        files = layout.files()
+        live = live_files(files)
+        cut = -1 if after_batch_id is None else after_batch_id
+        across = [f for f in live if f.first <= cut < f.last]
+        for f in across:
+            _rewrite_through(layout.root, f, cut)
+        removed = []
+        # Superseded files first, the live file across the cut last: the ranges stay nested.
+        doomed = [f for f in files if f.last > cut and f not in across]
+        for f in [*doomed, *across]:
+            lease.check()
+            layout.root.filesystem.delete_file(f.path)
+            removed.append(f.first)
+        history = SinkHistory.read(layout)
+        history.truncations.append(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
+                "after": after_batch_id,
+                "reason": reason,
+                "files_removed": len(removed),
+            }
+        )
+        history.write(layout)
+    return sorted(removed)
+
+
+def _rewrite_through(root: Location, f: SinkFile, cut: int) -> None:
+    """Write the batches of range file `f` up to `cut` as `part-<first>-<cut>.parquet`."""
+    import pyarrow.compute as pc
+
+    table = pq.read_table(f.path, filesystem=root.filesystem)
+    kept = table.filter(pc.field("batch_id") <= cut)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(kept, buffer, row_group_size=ROW_GROUP_ROWS)
+    root.child(sink_file_name(f.first, cut)).write_bytes_atomic(buffer.getvalue().to_pybytes())
+
+
+@dataclass(frozen=True)
+class SinkStats:
+    """What the Streams page and the metrics show of a sink."""
+
+    files: int
+    live_files: int
+    bytes: int
+    rows: int
+    last_compaction: str | None
+
+
+def sink_stats(
+    sink: str, rows_cache: MutableMapping[tuple[str, int, int], int] | None = None
+) -> SinkStats:
+    """Files (all, and those a reader reads), bytes on disk and rows of a sink.
+
+    Rows come from the Parquet footers of the live files; pass `rows_cache` (kept between
+    calls) so that only footers of files new since the last call are read.
+    """
+    layout = SinkLayout.of(sink)
+    files = layout.files()
+    live = live_files(files)
+    cache: MutableMapping[tuple[str, int, int], int] = {} if rows_cache is None else rows_cache
+    keys = set()
+    rows = 0
+    for f in live:
+        key = (f.path, f.size, f.mtime_ns)
+        keys.add(key)
+        if key not in cache:
+            cache[key] = pq.read_metadata(f.path, filesystem=layout.root.filesystem).num_rows
+        rows += cache[key]
+    for stale in [k for k in cache if k[0].startswith(layout.root.path) and k not in keys]:
+        del cache[stale]
+    last = SinkHistory.read(layout).last_compaction
+    return SinkStats(
+        files=len(files),
+        live_files=len(live),
+        bytes=sum(f.size for f in files),
+        rows=rows,
+        last_compaction=str(last["time"]) if last else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m spark_jobs.compaction --sink S --checkpoint C`: compact one sink by hand.
+
+    In Airflow, `sink_compaction` (and `bin/streamops compact STREAM`) runs the same code.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m spark_jobs.compaction", description=main.__doc__
+    )
+    parser.add_argument("--sink", required=True, help="the sink folder or URI")
+    parser.add_argument("--checkpoint", required=True, help="the checkpoint of its stream")
+    parser.add_argument(
+        "--target-mb", type=float, default=None, help=f"default ${TARGET_MB_ENV} or 64"
+    )
+    parser.add_argument(
+        "--grace-seconds", type=float, default=None, help=f"default ${GRACE_ENV} or 3600"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        policy = CompactionPolicy.from_env(args.target_mb, args.grace_seconds)
+        result = compact(args.sink, args.checkpoint, policy, owner=_who())
+    except (SinkBusy, FileNotFoundError, SinkLayoutError, ValueError) as err:
+        print(f"compaction of {args.sink}: {err}", flush=True)
+        return 2
+    print(f"compaction of {args.sink}: {result.summary()}", flush=True)
+    return 0
+
+
+def _who() -> str:
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()} (python -m spark_jobs.compaction)"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,370 @@
+"""Compaction keeps every batch exactly once for readers that follow the sink's reader contract.
+
+Sinks here are written by the real `ParquetBatchSink`; which batches are committed comes from a
+checkpoint's `commits/` log (the only part of a checkpoint compaction reads), or from a real
+stream in `test_compaction_stream.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from spark_jobs.compaction import (
+    CompactionPolicy,
+    SinkBusy,
+    SinkHistory,
+    compact,
+    sink_stats,
+    truncate,
+)
+from spark_jobs.layout import (
+    SinkFile,
+    SinkLayout,
+    SinkLayoutError,
+    live_files,
+    sink_file_name,
+    superseded_files,
+)
+from spark_jobs.lease import Lease
+from spark_jobs.sinks import (
+    WORD_COUNT_SCHEMA,
+    ParquetBatchSink,
+    read_sink,
+    sink_files,
+    with_batch_columns,
+)
+from tests.conftest import ROOT
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+KEEP = CompactionPolicy(grace_seconds=3600)
+NOW = CompactionPolicy(grace_seconds=0)
+
+
+def write_batches(sink: Path, ids: range) -> None:
+    """Batch i holds two rows: `w<i % 7>` counted 1 and `x<i % 5>` counted i + 1."""
+    writer = ParquetBatchSink(str(sink), WORD_COUNT_SCHEMA)
+    for i in ids:
+        rows = pa.table({"word": [f"w{i % 7}", f"x{i % 5}"], "count": [1, i + 1]})
+        writer.write(i, with_batch_columns(rows, i, T0))
+
+
+def commit_through(checkpoint: Path, last: int) -> None:
+    """A checkpoint whose commit log says batches 0..last are committed."""
+    (checkpoint / "commits").mkdir(parents=True, exist_ok=True)
+    for i in range(last + 1):
+        (checkpoint / "commits" / str(i)).touch()
+
+
+def read_pandas(files: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+    """`pd.read_parquet(sink_files(SINK))`, as the README says (pandas hands the list of files to
+    pyarrow; its type stubs only know single paths)."""
+    return pd.read_parquet(files, columns=columns)  # type: ignore[call-overload,no-any-return]
+
+
+def rows_per_batch(frame: pd.DataFrame) -> dict[int, int]:
+    return {int(str(k)): int(v) for k, v in frame.groupby("batch_id").size().items()}
+
+
+def sf(first: int, last: int) -> SinkFile:
+    return SinkFile(first, last, f"/s/{sink_file_name(first, last)}")
+
+
+def test_the_reader_contract_takes_each_batch_from_one_file() -> None:
+    files = [sf(i, i) for i in range(6)] + [sf(0, 3), sf(0, 5), sf(6, 6)]
+    assert [(f.first, f.last) for f in live_files(files)] == [(0, 5), (6, 6)]
+    superseded = {(old.first, old.last): holder.last for old, holder in superseded_files(files)}
+    assert superseded == {
+        (0, 0): 5,
+        (1, 1): 5,
+        (2, 2): 5,
+        (3, 3): 5,
+        (4, 4): 5,
+        (5, 5): 5,
+        (0, 3): 5,
+    }
+    with pytest.raises(SinkLayoutError, match="partly overlapping batch ranges"):
+        live_files([sf(0, 3), sf(2, 5)])
+    assert SinkFile.parse("part-000000000002-000000000009.parquet", "p") == SinkFile(2, 9, "p")
+    assert SinkFile.parse("part-000000000009-000000000002.parquet", "p") is None
+    assert SinkFile.parse("part-000000000002.parquet.abc.tmp", "p") is None
+
+
+def test_compaction_merges_committed_batches_and_keeps_the_rest(tmp_path: Path) -> None:
+    # Given a sink of 10 batches, of which 0..6 are committed
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(10))
+    commit_through(checkpoint, 6)
+    before = read_pandas(sink_files(str(sink)))
+    # When it is compacted
+    result = compact(str(sink), str(checkpoint), KEEP)
+    # Then batches 0..6 are one file, and 7..9 (may still be replayed) are untouched
+    assert [f.name for f in result.written] == ["part-000000000000-000000000006.parquet"]
+    assert result.merged == 7
+    assert result.deleted == 0
+    assert [Path(p).name for p in sink_files(str(sink))] == [
+        "part-000000000000-000000000006.parquet",
+        *(sink_file_name(i) for i in (7, 8, 9)),
+    ]
+    # And every reader that follows the contract sees the same rows, each batch once
+    after = read_pandas(sink_files(str(sink)))
+    pd.testing.assert_frame_equal(
+        after.sort_values(["batch_id", "word"]).reset_index(drop=True),
+        before.sort_values(["batch_id", "word"]).reset_index(drop=True),
+    )
+    assert read_sink(str(sink)).num_rows == 20
+    # And the merged files stay for the grace period, then go
+    assert (sink / sink_file_name(3)).exists()
+    commit_through(checkpoint, 9)
+    second = compact(str(sink), str(checkpoint), NOW)
+    assert [f.name for f in second.written] == ["part-000000000000-000000000009.parquet"]
+    assert second.deleted == 11  # ten batch files and the first range
+    assert sorted(p.name for p in sink.glob("*.parquet")) == [
+        "part-000000000000-000000000009.parquet"
+    ]
+    assert rows_per_batch(read_pandas(sink_files(str(sink)))) == dict.fromkeys(range(10), 2)
+    # And the sink's history and stats say what happened
+    history = SinkHistory.read(SinkLayout.of(str(sink)))
+    assert [c["merged"] for c in history.compactions] == [7, 4]
+    stats = sink_stats(str(sink), rows_cache={})
+    assert (stats.files, stats.live_files, stats.rows) == (1, 1, 20)
+    assert stats.last_compaction == history.compactions[-1]["time"]
+
+
+def test_a_sink_without_committed_batches_is_left_alone(tmp_path: Path) -> None:
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(3))
+    (checkpoint / "commits").mkdir(parents=True)
+    result = compact(str(sink), str(checkpoint), NOW)
+    assert result.summary() == "nothing to compact: no committed batch yet"
+    assert len(list(sink.glob("*.parquet"))) == 3
+    with pytest.raises(FileNotFoundError, match="compact a sink with the checkpoint"):
+        compact(str(sink), str(tmp_path / "nope"), NOW)
+
+
+def test_files_of_another_schema_are_not_merged_with_the_others(tmp_path: Path) -> None:
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(3))
+    odd = pa.table({"batch_id": [3], "word": ["a"]})
+    import pyarrow.parquet as pq
+
+    pq.write_table(odd, sink / sink_file_name(3))
+    write_batches(sink, range(4, 7))
+    commit_through(checkpoint, 6)
+    result = compact(str(sink), str(checkpoint), KEEP)
+    assert [f.name for f in result.written] == [
+        "part-000000000000-000000000002.parquet",
+        "part-000000000004-000000000006.parquet",
+    ]
+
+
+def test_truncation_cuts_a_compacted_file_at_the_restored_batch(tmp_path: Path) -> None:
+    # Given batches 0..9 compacted into one file (the merged ones still there)
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(10))
+    commit_through(checkpoint, 9)
+    compact(str(sink), str(checkpoint), KEEP)
+    # When a restore of a snapshot at batch 4 truncates the sink
+    removed = truncate(SinkLayout.of(str(sink)), 4, owner="test", reason="restore")
+    # Then batches 0..4 remain, each once, and nothing after them
+    assert removed == [0, 5, 6, 7, 8, 9]  # the range 0-9 and the batch files after 4
+    assert rows_per_batch(read_pandas(sink_files(str(sink)))) == dict.fromkeys(range(5), 2)
+    assert [Path(p).name for p in sink_files(str(sink))] == [
+        "part-000000000000-000000000004.parquet"
+    ]
+    history = SinkHistory.read(SinkLayout.of(str(sink)))
+    assert history.truncations[-1]["after"] == 4
+    assert history.truncations[-1]["reason"] == "restore"
+
+
+def test_a_sink_being_maintained_is_refused_with_its_holder(tmp_path: Path) -> None:
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(3))
+    commit_through(checkpoint, 2)
+    holder = Lease(SinkLayout.of(str(sink)).maintenance_lease, "restore of x", "ops/run1")
+    holder.acquire()
+    try:
+        with pytest.raises(SinkBusy, match=r"ops/run1.*run again once it is done"):
+            compact(str(sink), str(checkpoint), NOW)
+    finally:
+        holder.release()
+    assert compact(str(sink), str(checkpoint), NOW).merged == 3
+
+
+KILL_AFTER = """
+import os, signal, sys
+from spark_jobs import compaction
+original = compaction._RangeWriter.{method}
+def killed(self, *args):
+    result = original(self, *args)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return result
+compaction._RangeWriter.{method} = killed
+sys.exit(compaction.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("method", ["_flush", "commit"])
+def test_a_compaction_killed_midway_leaves_every_batch_once(tmp_path: Path, method: str) -> None:
+    # Given a committed sink of 300 batches
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(300))
+    commit_through(checkpoint, 299)
+    argv = ["--sink", str(sink), "--checkpoint", str(checkpoint), "--grace-seconds", "0"]
+    # When its compaction is killed (SIGKILL) with its file half written, or just renamed
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER.format(method=method), *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # Then a reader still sees each batch exactly once
+    assert rows_per_batch(read_pandas(sink_files(str(sink)))) == dict.fromkeys(range(300), 2)
+    left = {p.name for p in sink.iterdir()}
+    if method == "_flush":
+        assert any(n.startswith(".compact-") for n in left), left  # the half-written file
+    else:
+        assert "part-000000000000-000000000299.parquet" in left
+    # And the next run takes over the dead run's lease and finishes the work
+    again = subprocess.run(
+        [sys.executable, "-m", "spark_jobs.compaction", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sorted(p.name for p in sink.iterdir()) == [
+        "_streamops",
+        "part-000000000000-000000000299.parquet",
+    ]
+    assert rows_per_batch(read_pandas(sink_files(str(sink)))) == dict.fromkeys(range(300), 2)
+
+
+def documented_readers(spark: SparkSession) -> dict[str, Callable[[list[str]], list[int]]]:
+    """The batch ids each reader of the README reads from the files `sink_files` lists."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    return {
+        "pandas": lambda files: read_pandas(files, ["batch_id"])["batch_id"].tolist(),
+        "pyarrow": lambda files: pq.read_table(files, columns=["batch_id"])["batch_id"].to_pylist(),
+        "duckdb": lambda files: [
+            row[0] for row in duckdb.read_parquet(files).select("batch_id").fetchall()
+        ],
+        "spark": lambda files: [
+            row[0] for row in spark.read.parquet(*files).select("batch_id").collect()
+        ],
+    }
+
+
+class ReaderLoops:
+    """One thread per reader, reading the sink again and again, checking every read."""
+
+    def __init__(
+        self,
+        readers: dict[str, Callable[[list[str]], list[int]]],
+        sink: Path,
+        expected: Counter[int],
+    ) -> None:
+        self.readers = readers
+        self.sink = sink
+        self.expected = expected
+        self.halt = threading.Event()
+        # Each reader's reads: (started, seconds, files read), on the monotonic clock
+        self.reads: dict[str, list[tuple[float, float, int]]] = {name: [] for name in readers}
+        self.wrong: list[str] = []
+        self.threads = [threading.Thread(target=self.loop, args=(n,)) for n in readers]
+        for thread in self.threads:
+            thread.start()
+
+    def loop(self, name: str) -> None:
+        while not self.halt.wait(0.5):  # a pause between reads leaves the 2 cores some air
+            started = time.monotonic()
+            files = sink_files(str(self.sink))
+            try:
+                ids = self.readers[name](files)
+            except Exception as err:  # a failed read is what the test looks for
+                self.wrong.append(f"{name}: {type(err).__name__}: {err}"[:800])
+                return
+            self.reads[name].append((started, time.monotonic() - started, len(files)))
+            counted = Counter(ids)
+            if counted != self.expected:
+                extra = sorted((counted - self.expected).keys())[:5]
+                missing = sorted((self.expected - counted).keys())[:5]
+                self.wrong.append(f"{name}: duplicated batches {extra}, missing {missing}")
+                return
+
+    def wait_for_reads_started_after(self, moment: float, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while any(not any(r[0] > moment for r in runs) for runs in self.reads.values()):
+            assert not self.wrong, self.wrong
+            assert time.monotonic() < deadline, {n: len(r) for n, r in self.reads.items()}
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.halt.set()
+        for thread in self.threads:
+            thread.join(timeout=600)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_readers_see_each_batch_once_while_a_large_sink_is_compacted(
+    tmp_path: Path, spark: SparkSession
+) -> None:
+    """20,000 batch files, compacted in four steps and then cleaned, while pandas, pyarrow,
+    DuckDB and Spark read the sink in a loop, each the way the README says."""
+    batches = 20_000
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(batches))
+    readers = documented_readers(spark)
+    loops = ReaderLoops(readers, sink, Counter({i: 2 for i in range(batches)}))
+    steps = []
+    try:
+        # While they read, the sink is compacted in four steps, as its batches get committed
+        began = time.monotonic()
+        for through in (4_999, 9_999, 14_999, batches - 1):
+            commit_through(checkpoint, through)
+            steps.append(compact(str(sink), str(checkpoint), KEEP))
+        compacted = time.monotonic()
+        # Reads that listed the sink before the last step end (what the grace period is for),
+        # then the merged files are deleted while the readers go on
+        loops.wait_for_reads_started_after(compacted)
+        steps.append(compact(str(sink), str(checkpoint), NOW))
+        loops.wait_for_reads_started_after(time.monotonic())
+    finally:
+        loops.stop()
+    assert not loops.wrong, loops.wrong
+    # Each reader read during the compaction (reads are (started, seconds, files))
+    assert all(runs[0][0] < compacted for runs in loops.reads.values())
+    assert [len(s.written) for s in steps] == [1, 1, 1, 1, 0]
+    assert steps[-1].deleted == batches + 3  # every batch file and the first three ranges
+    assert sorted(p.name for p in sink.glob("*.parquet")) == [
+        f"part-000000000000-{batches - 1:012d}.parquet"
+    ]
+    print(f"compaction in 4 steps: {compacted - began:.1f} s; reads:")
+    for name, runs in loops.reads.items():
+        longest = max(runs, key=lambda r: r[1])
+        print(f"  {name}: {len(runs)}, longest {longest[1]:.1f} s ({longest[2]:,} files)")
