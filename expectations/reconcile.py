@@ -29,6 +29,7 @@ both checkpoints were rotated, and the pair is skipped when only one was.
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from expectations import suites
 from expectations.results import quality_dir
@@ -44,6 +47,7 @@ from expectations.suites import ReconcilePair
 from expectations.validate import (
     QualityRunner,
     Report,
+    SavedState,
     StreamSink,
     format_batches,
     part_files,
@@ -137,9 +141,15 @@ def common_points(
 
 
 def reconciliation_view(
-    word_counts: pd.DataFrame, running_totals: pd.DataFrame, points: Sequence[CommonPoint]
+    word_counts: pd.DataFrame,
+    running_totals: pd.DataFrame,
+    points: Sequence[CommonPoint],
+    base: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per word and common point where either sink has rows for the word.
+
+    `base` (`word, cumulative_count, running_total`) is where each word stood at the point
+    before `points`, when the rows given are only those after it (an incremental run).
 
     Columns: `point` (index in `points`), `word_count_batch`, `running_total_batch`, `word`,
     `cumulative_count` (the word's counts summed over word_count batches up to the point),
@@ -165,8 +175,29 @@ def reconciliation_view(
         point = np.searchsorted(bounds, frame["batch_id"].to_numpy(dtype=np.int64), side="left")
         return frame.assign(point=point)[point < len(bounds)]
 
-    wc = segment(word_counts[["batch_id", "word", "count"]], wc_bounds)
-    rt = segment(running_totals[["batch_id", "word", "total"]], rt_bounds)
+    wc_rows = word_counts[["batch_id", "word", "count"]]
+    rt_rows = running_totals[["batch_id", "word", "total"]]
+    if base is not None and len(base):
+        # The base stands before every row given: batch id -1, in the first point's segment
+        before = np.full(len(base), -1, dtype=np.int64)
+        wc_rows = pd.concat(
+            [
+                pd.DataFrame(
+                    {"batch_id": before, "word": base["word"], "count": base["cumulative_count"]}
+                ),
+                wc_rows,
+            ]
+        )
+        rt_rows = pd.concat(
+            [
+                pd.DataFrame(
+                    {"batch_id": before, "word": base["word"], "total": base["running_total"]}
+                ),
+                rt_rows,
+            ]
+        )
+    wc = segment(wc_rows, wc_bounds)
+    rt = segment(rt_rows, rt_bounds)
     counts = wc.groupby(["word", "point"], sort=False)["count"].sum()
     totals = (
         rt.sort_values("batch_id", kind="stable")
@@ -212,17 +243,84 @@ class ReconcileState:
         self.location(root, self.pair).write_text_atomic(json.dumps(asdict(self), indent=2) + "\n")
 
 
-def read_sink(target: StreamSink, contract: suites.SinkContract) -> tuple[pd.DataFrame, list[int]]:
-    """The batch id, word and value columns of every file with the contract's schema, and the
-    batch ids of the sink's files."""
+def standing_location(root: str, pair: str) -> Location:
+    """`<data root>/_streamops/quality/<pair>.reconcile.parquet`: where each word stood."""
+    return quality_dir(root).child(f"{pair}.reconcile.parquet")
+
+
+@dataclass
+class Standing:
+    """Each word's cumulative count and running total at a reconciled common point: the next
+    run starts from it and reads only the batches after that point."""
+
+    pair: str
+    point: tuple[int, int]
+    words: pd.DataFrame  # word, cumulative_count, running_total
+
+    def save(self, root: str) -> None:
+        """Write it atomically, the point in the file's metadata."""
+        table = pa.Table.from_pandas(
+            self.words[["word", "cumulative_count", "running_total"]], preserve_index=False
+        ).replace_schema_metadata({"point": json.dumps(list(self.point))})
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        standing_location(root, self.pair).write_bytes_atomic(buffer.getvalue())
+
+    @classmethod
+    def load(cls, root: str, pair: str, point: tuple[int, int]) -> Standing | None:
+        """The standing saved at `point`, else None (the caller reads both sinks whole)."""
+        location = standing_location(root, pair)
+        if not location.exists():
+            return None
+        table = pq.read_table(io.BytesIO(location.read_bytes()))
+        saved = json.loads((table.schema.metadata or {}).get(b"point", b"null"))
+        if saved is None or tuple(saved) != point:
+            return None
+        return cls(pair, point, table.to_pandas())
+
+    def advance(self, view: pd.DataFrame, point: CommonPoint) -> Standing:
+        """The standing at `point`, from this one and the view of the points up to it."""
+        last = view.sort_values("point", kind="stable").groupby("word", sort=False).last()
+        words = self.words.set_index("word")[["cumulative_count", "running_total"]]
+        words = last[["cumulative_count", "running_total"]].combine_first(words)
+        return Standing(
+            self.pair,
+            (point.word_count_batch, point.running_total_batch),
+            words.reset_index().astype({"cumulative_count": "int64", "running_total": "int64"}),
+        )
+
+
+def empty_standing(pair: str) -> Standing:
+    """Before any batch: no word."""
+    words = pd.DataFrame(
+        {
+            "word": pd.Series(dtype=object),
+            "cumulative_count": pd.Series(dtype="int64"),
+            "running_total": pd.Series(dtype="int64"),
+        }
+    )
+    return Standing(pair, (-1, -1), words)
+
+
+def read_sink(
+    target: StreamSink, contract: suites.SinkContract, after: int = -1
+) -> tuple[pd.DataFrame, list[int]]:
+    """The batch id, word and value columns of the batches after `after` in every file with the
+    contract's schema, and the batch ids read."""
     sink = Location.of(target.sink)
-    files = part_files(sink)
+    files = [f for f in part_files(sink) if f.last > after]
     schemas = read_schemas(sink, files)
     good = [
         f for f, s in zip(files, schemas, strict=True) if suites.schema_matches(s.schema, contract)
     ]
-    table, _ = read_rows(sink, good, contract.schema, ["batch_id", "word", contract.value_column])
-    return to_pandas(table).drop(columns=["file_batch_id"]), [f.batch_id for f in files]
+    table, rows_per_batch = read_rows(
+        sink,
+        good,
+        contract.schema,
+        ["batch_id", "word", contract.value_column],
+        from_batch=after + 1,
+    )
+    return to_pandas(table).drop(columns=["file_batch_id"]), sorted(rows_per_batch)
 
 
 @dataclass
@@ -297,9 +395,11 @@ def align(word_count_checkpoint: str, running_total_checkpoint: str) -> Alignmen
     return alignment
 
 
-def lost_batch_notes(name: str, inputs: CheckpointInputs, present: Sequence[int]) -> list[str]:
-    """A note when the checkpoint committed batches that have no file in the sink."""
-    missing = sorted({b.batch_id for b in inputs.batches} - set(present))
+def lost_batch_notes(
+    name: str, inputs: CheckpointInputs, present: Sequence[int], after: int = -1
+) -> list[str]:
+    """A note when the checkpoint committed batches (after `after`) that have no sink rows."""
+    missing = sorted({b.batch_id for b in inputs.batches if b.batch_id > after} - set(present))
     if not missing:
         return []
     return [
@@ -350,20 +450,35 @@ def reconcile_pair(
         report.checked = alignment.skipped
         runner.defer(report)
         return report
-    wc_rows, wc_files = read_sink(word_count, wc_contract)
-    rt_rows, rt_files = read_sink(running_total, suites.RUNNING_TOTAL)
-    report.notes += lost_batch_notes(pair.word_count, alignment.word_count, wc_files)
-    report.notes += lost_batch_notes(pair.running_total, alignment.running_total, rt_files)
-    pending = alignment.pending()
-    if pending:
-        report.notes.append(pending)
-
     points = alignment.points
     start, note = first_new_point(
         ReconcileState.load(runner.root, pair.name), points, revalidate_all
     )
     if note:
         report.notes.append(note)
+    # From where the last run left each word, reading only the batches after its point; or,
+    # the first time (and after a restore or rotation), both sinks whole
+    standing = None
+    if start > 0:
+        previous = points[start - 1]
+        standing = Standing.load(
+            runner.root, pair.name, (previous.word_count_batch, previous.running_total_batch)
+        )
+        if standing is None:
+            start = 0
+            report.notes.append("no saved standing at the last point: reading both sinks whole")
+    base = standing or empty_standing(pair.name)
+    wc_after, rt_after = base.point
+    wc_rows, wc_files = read_sink(word_count, wc_contract, after=wc_after)
+    rt_rows, rt_files = read_sink(running_total, suites.RUNNING_TOTAL, after=rt_after)
+    report.notes += lost_batch_notes(pair.word_count, alignment.word_count, wc_files, wc_after)
+    report.notes += lost_batch_notes(
+        pair.running_total, alignment.running_total, rt_files, rt_after
+    )
+    pending = alignment.pending()
+    if pending:
+        report.notes.append(pending)
+
     last = points[-1]
     report.batches = [p.word_count_batch for p in points[start:]]
     report.checked = (
@@ -371,20 +486,22 @@ def reconcile_pair(
         f"{last.word_count_batch} / running_total batch {last.running_total_batch}, "
         f"{len(points) - start} new"
     )
+    states: list[SavedState] = []
     if start < len(points):
-        view = reconciliation_view(wc_rows, rt_rows, points)
-        new_rows = view[view["point"] >= start].reset_index(drop=True)
-        report.rows = len(new_rows)
+        view = reconciliation_view(wc_rows, rt_rows, points[start:], base.words)
+        report.rows = len(view)
         ok, failures = runner.validate_view(
             suites.reconcile_suite(pair.name),
-            new_rows,
+            view,
             ["word_count_batch", "running_total_batch", "word"],
             "word and point rows",
         )
         report.checks["reconcile"] = ok
         report.failures += failures
+        states.append(base.advance(view, last))
     runner.defer(
         report,
+        *states,
         ReconcileState(pair.name, last.word_count_batch, last.running_total_batch, runner.run),
     )
     return report

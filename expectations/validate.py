@@ -2,11 +2,14 @@
 
 For each stream, a run:
 
-1. lists the sink's part files and picks the batches to check (`plan_batches`): those with a
-   batch id above the stream's watermark, `last_validated_batch_id` in
-   `<data root>/_streamops/quality/<stream>.json`, plus any file rewritten since (its mtime is
-   newer than the newest file the last run saw: a checkpoint restore or a replayed batch). A
-   rewritten batch makes the run re-check from that batch on. `revalidate_all` checks everything.
+1. lists the sink's live files (the reader contract, `spark_jobs.layout.live_files`) and picks
+   the batches to check (`plan_batches`): those with a batch id above the stream's watermark,
+   `last_validated_batch_id` in `<data root>/_streamops/quality/<stream>.json`, plus any batch
+   rewritten since: a batch file newer than the newest one the last run saw (a replayed batch),
+   or batches a restore or rotation truncated (the sink's history says so). A rewritten batch
+   makes the run re-check from that batch on. A compacted file holds batches already checked
+   and is not new: only its batches above the watermark are read. `revalidate_all` checks
+   everything.
 2. validates them with the stream's suites (`suites.py`) on pandas views, through a Great
    Expectations file context whose Data Docs live in `<data root>/_streamops/quality/data_docs/`
    (or `$STREAMOPS_QUALITY_DOCS_DIR` when the data root is not a local folder);
@@ -24,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +39,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 
 from expectations import suites
 from expectations.results import (
@@ -46,7 +47,8 @@ from expectations.results import (
     quality_dir,
 )
 from expectations.suites import QualityConfig
-from spark_jobs.layout import SINK_FILE_PATTERN
+from spark_jobs.compaction import SinkHistory
+from spark_jobs.layout import SinkFile, SinkLayout, list_sink_files, live_files
 from spark_jobs.storage import Location
 
 if TYPE_CHECKING:
@@ -90,28 +92,19 @@ class StreamSink:
         )
 
 
-@dataclass(frozen=True)
-class PartFile:
-    """One micro-batch file of a sink."""
-
-    batch_id: int
-    path: str
-    mtime_ns: int
-
-    @property
-    def name(self) -> str:
-        """The file's name, `part-<batch_id>.parquet`."""
-        return posixpath.basename(self.path)
+#: One file of a sink: a micro-batch's, or a compacted range of batches.
+PartFile = SinkFile
 
 
 def part_files(sink: Location) -> list[PartFile]:
-    """The sink's batch files, by batch id (hidden files being written are not listed)."""
-    found = []
-    for info in sink.list():
-        match = SINK_FILE_PATTERN.match(info.base_name)
-        if match and info.type == pafs.FileType.File:
-            found.append(PartFile(int(match.group(1)), info.path, int(info.mtime_ns or 0)))
-    return sorted(found, key=lambda f: f.batch_id)
+    """The sink's live files (`live_files`), by batch id; hidden files being written are not
+    listed, nor files a compaction merged."""
+    return live_files(list_sink_files(sink))
+
+
+def batch_files_mtime(files: Iterable[PartFile]) -> int | None:
+    """The newest mtime among micro-batch files (a compacted file is no new output)."""
+    return max((f.mtime_ns for f in files if not f.is_range), default=None)
 
 
 class SavedState(Protocol):
@@ -128,8 +121,11 @@ class ValidationState:
     stream: str
     sink: str
     last_validated_batch_id: int | None = None
-    # The newest mtime among the files the last run saw (file-system clock, not the worker's).
+    # The newest mtime among the batch files the last run saw (file-system clock, not the
+    # worker's).
     last_validated_mtime_ns: int | None = None
+    # The time of the newest truncation in the sink's history the last run saw.
+    last_truncation: str | None = None
     updated_at: str = ""
     run: str = ""
 
@@ -167,9 +163,16 @@ class Plan:
 
 
 def plan_batches(
-    files: Sequence[PartFile], state: ValidationState | None, sink: str, revalidate_all: bool
+    files: Sequence[PartFile],
+    state: ValidationState | None,
+    sink: str,
+    revalidate_all: bool,
+    truncations: Sequence[Mapping[str, Any]] = (),
 ) -> Plan:
-    """The batches to validate: new since the watermark, or rewritten since the last run."""
+    """The batches to validate: new since the watermark, or rewritten since the last run.
+
+    `truncations` are the sink history's (`SinkHistory.truncations`), oldest first.
+    """
     if not files:
         return Plan([], None, "the sink has no batches yet", from_watermark=False)
     if revalidate_all:
@@ -185,17 +188,28 @@ def plan_batches(
         )
     watermark = state.last_validated_batch_id
     seen_mtime = state.last_validated_mtime_ns or 0
-    rewritten = [f.batch_id for f in files if f.batch_id <= watermark and f.mtime_ns > seen_mtime]
+    rewritten = [
+        f.first
+        for f in files
+        if not f.is_range and f.first <= watermark and f.mtime_ns > seen_mtime
+    ]
+    cuts = [
+        int(t["after"]) + 1 if t.get("after") is not None else 0
+        for t in truncations
+        if str(t.get("time", "")) > (state.last_truncation or "")
+    ]
+    if cuts and min(cuts) <= watermark:
+        rewritten.append(min(cuts))
     if rewritten:
         start = min(rewritten)
         return Plan(
-            [f for f in files if f.batch_id >= start],
+            [f for f in files if f.last >= start],
             start,
             f"batches {format_batches(rewritten)} were rewritten since the last validation "
             f"(a checkpoint restore or a replayed batch): from batch {start} on",
             from_watermark=False,
         )
-    new = [f for f in files if f.batch_id > watermark]
+    new = [f for f in files if f.last > watermark]
     reason = f"batches after {watermark}" if new else f"no new batches since batch {watermark}"
     return Plan(new, watermark + 1, reason, from_watermark=True)
 
@@ -229,7 +243,7 @@ def read_schemas(sink: Location, files: Sequence[PartFile]) -> list[suites.PartF
             # An unreadable file fails the schema suite (every column "<missing>").
             log.warning("cannot read the footer of %s: %s", f.path, err)
             schema = pa.schema([])
-        return suites.PartFileSchema(f.batch_id, f.name, schema)
+        return suites.PartFileSchema(f.first, f.name, schema)
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         return list(pool.map(one, files))
@@ -240,29 +254,60 @@ def read_rows(
     files: Sequence[PartFile],
     schema: pa.Schema,
     columns: Sequence[str] | None = None,
+    *,
+    from_batch: int | None = None,
+    before_batch: int | None = None,
 ) -> tuple[pa.Table, dict[int, int]]:
-    """The rows of `files` (which must have `schema`) with `file_batch_id`, and rows per batch."""
-    rows_per_batch = {f.batch_id: 0 for f in files}
+    """The rows of `files` (which must have `schema`) with `file_batch_id`, and rows per batch.
+
+    `file_batch_id` is the batch a row's file holds: its batch id for a micro-batch file; for a
+    compacted file, the row's `batch_id` when the file's range holds it, else the range's nearer
+    end (so a row in the wrong file is seen). Compacted files keep only the rows of batches in
+    `[from_batch, before_batch)`; a micro-batch file is read whole.
+    """
+    import pyarrow.compute as pc
+
+    rows_per_batch = {f.first: 0 for f in files if not f.is_range}
     names = list(columns or schema.names)
     if not files:
         return schema.empty_table().select(names).append_column(
             "file_batch_id", pa.array([], pa.int64())
         ), rows_per_batch
-    by_path = {f.path: f.batch_id for f in files}
+    by_path = {f.path: f for f in files}
+    read = names if "batch_id" in names else [*names, "batch_id"]
     dataset = ds.dataset(
         [f.path for f in files], schema=schema, format="parquet", filesystem=sink.filesystem
     )
     chunks: list[pa.RecordBatch] = []
     origin: list[pa.Array[Any]] = []
-    for tagged in dataset.scanner(columns=names).scan_batches():
-        batch_id = by_path[cast("ds.FileFragment", tagged.fragment).path]
+    for tagged in dataset.scanner(columns=read).scan_batches():
+        f = by_path[cast("ds.FileFragment", tagged.fragment).path]
         chunk = tagged.record_batch
-        rows_per_batch[batch_id] += chunk.num_rows
-        chunks.append(chunk)
-        origin.append(pa.array([batch_id] * chunk.num_rows, pa.int64()))
+        if f.is_range:
+            if from_batch is not None or before_batch is not None:
+                ids = chunk.column("batch_id")
+                keep = pc.is_valid(ids)
+                if from_batch is not None:
+                    keep = pc.and_(keep, pc.greater_equal(ids, pa.scalar(from_batch, pa.int64())))
+                if before_batch is not None:
+                    keep = pc.and_(keep, pc.less(ids, pa.scalar(before_batch, pa.int64())))
+                chunk = chunk.filter(keep)
+            ids = chunk.column("batch_id")
+            held = pc.min_element_wise(
+                pc.max_element_wise(ids, pa.scalar(f.first, pa.int64())),
+                pa.scalar(f.last, pa.int64()),
+            )
+            for item in pc.value_counts(held).to_pylist():
+                batch_id, count = item["values"], item["counts"]
+                rows_per_batch[batch_id] = rows_per_batch.get(batch_id, 0) + count
+            origin.append(held.cast(pa.int64()))
+        else:
+            rows_per_batch[f.first] += chunk.num_rows
+            origin.append(pa.array([f.first] * chunk.num_rows, pa.int64()))
+        chunks.append(chunk.select(names))
     table = pa.Table.from_batches(chunks, schema=schema.empty_table().select(names).schema)
     file_batch_id = pa.chunked_array(origin, pa.int64()) if origin else pa.array([], pa.int64())
-    return table.append_column("file_batch_id", file_batch_id), rows_per_batch
+    return table.append_column("file_batch_id", file_batch_id), dict(sorted(rows_per_batch.items()))
 
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -557,7 +602,8 @@ class QualityRunner:
         sink = Location.of(target.sink)
         files = part_files(sink)
         state = ValidationState.load(self.root, target.stream)
-        plan = plan_batches(files, state, sink.path, revalidate_all)
+        truncations = SinkHistory.read(SinkLayout(sink)).truncations
+        plan = plan_batches(files, state, sink.path, revalidate_all, truncations)
         first_schema = read_schemas(sink, files[:1])[0].schema if files else None
         contract = suites.contract_for(target.job, first_schema)
         thresholds = self.config.thresholds(target.stream, target.job)
@@ -565,7 +611,7 @@ class QualityRunner:
             subject=f"stream {target.stream}",
             sink=sink.path,
             checked=plan.reason,
-            batches=[f.batch_id for f in plan.files],
+            batches=[f.first for f in plan.files if not f.is_range],
         )
         log.info("stream %s (%s sink %s): %s", target.stream, contract.kind, sink.path, plan.reason)
 
@@ -590,7 +636,10 @@ class QualityRunner:
                     f"{len(plan.files) - len(good)} file(s) with another schema were not "
                     "row-checked (see the schema failures)"
                 )
-            table, rows_per_batch = read_rows(sink, good, contract.schema)
+            table, rows_per_batch = read_rows(
+                sink, good, contract.schema, from_batch=plan.start_batch_id
+            )
+            report.batches = sorted(set(report.batches) | set(rows_per_batch))
             rows = to_pandas(table)
             report.rows = len(rows)
             previous: dict[str, int] = {}
@@ -619,14 +668,15 @@ class QualityRunner:
         new_state = ValidationState(
             stream=target.stream,
             sink=sink.path,
-            last_validated_batch_id=files[-1].batch_id if files else None,
-            last_validated_mtime_ns=max((f.mtime_ns for f in files), default=None),
+            last_validated_batch_id=files[-1].last if files else None,
+            last_validated_mtime_ns=batch_files_mtime(files),
+            last_truncation=str(truncations[-1]["time"]) if truncations else None,
             updated_at=self.now.isoformat(),
             run=self.run,
         )
         states: list[SavedState] = []
         if totals is not None:
-            states.append(TotalsSnapshot(target.stream, totals, files[-1].batch_id))
+            states.append(TotalsSnapshot(target.stream, totals, files[-1].last))
         self.defer(report, *states, new_state)
         return report
 
@@ -646,7 +696,7 @@ class QualityRunner:
             snapshot = load_totals(self.root, target.stream, state.last_validated_batch_id)
             if snapshot is not None:
                 return snapshot
-        earlier = [f for f in files if f.batch_id < plan.start_batch_id]
+        earlier = [f for f in files if f.first < plan.start_batch_id]
         schemas = read_schemas(sink, earlier)
         contract = suites.RUNNING_TOTAL
         readable = [
@@ -654,7 +704,13 @@ class QualityRunner:
             for f, s in zip(earlier, schemas, strict=True)
             if suites.schema_matches(s.schema, contract)
         ]
-        table, _ = read_rows(sink, readable, contract.schema, ["batch_id", "word", "total"])
+        table, _ = read_rows(
+            sink,
+            readable,
+            contract.schema,
+            ["batch_id", "word", "total"],
+            before_batch=plan.start_batch_id,
+        )
         return suites.latest_totals(to_pandas(table))
 
     def _check_freshness(
@@ -720,7 +776,7 @@ def _newest_batch_time(
             continue
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return f.batch_id, value
+        return f.last, value
     return None
 
 

@@ -64,8 +64,8 @@ def quality_schedule() -> AssetOrTimeSchedule:
 # Task bodies (run on the worker)
 
 
-def streams_to_validate(only: str | None) -> list[str]:
-    """The registered streams to validate: all, or `only`."""
+def streams_to_validate(only: str | None, doing: str = "validating the sinks of") -> list[str]:
+    """The registered streams to act on: all, or `only`."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from streamops import registry
@@ -78,7 +78,7 @@ def streams_to_validate(only: str | None) -> list[str]:
             "it is registered when its stream DAG first starts it"
         )
     chosen = [name for name in names if not only or name == only]
-    print(f"validating the sinks of {len(chosen)} streams: {chosen}")
+    print(f"{doing} {len(chosen)} streams: {chosen}")
     return chosen
 
 

@@ -96,6 +96,42 @@ def test_a_running_total_behind_word_count_is_compared_up_to_where_it_is(
     assert any("word_count batches 4-5" in note for note in report.notes)
 
 
+def standing(root: Path) -> pd.DataFrame:
+    """Where each word stood at the pair's last reconciled point."""
+    frame = pd.read_parquet(root / "_streamops/quality" / f"{PAIR.name}.reconcile.parquet")
+    return frame.sort_values("word").reset_index(drop=True)
+
+
+def test_an_incremental_run_reads_only_new_batches_and_agrees_with_a_full_one(
+    real_sinks: RealSinks, tmp_path: Path
+) -> None:
+    # Given a first run while running_total had committed batches 0-3 only
+    wc, rt = copies(real_sinks, tmp_path)
+    held = {}
+    for batch in (4, 5):
+        for path in (rt.parent / "checkpoint/commits" / str(batch), rt / sink_file_name(batch)):
+            held[path] = path.read_bytes()
+            path.unlink()
+    assert reconcile(tmp_path / "root", wc, rt).batches == [0, 1, 2, 3]
+    # And running_total has caught up since
+    for path, data in held.items():
+        path.write_bytes(data)
+    full = reconcile(tmp_path / "full", wc, rt)
+    assert full.success, full.message()
+    # When the batches already reconciled are gone from both sinks (as an age limit removes them)
+    for sink in (wc, rt):
+        for batch in range(4):
+            (sink / sink_file_name(batch)).unlink()
+    report = reconcile(tmp_path / "root", wc, rt)
+    # Then the next run checks the two new points from where the first left each word
+    assert report.success, report.message()
+    assert report.batches == [4, 5]
+    assert report.checked.endswith("2 new")
+    assert not [n for n in report.notes if "no sink file" in n], report.notes
+    # And it stands where a run over both whole sinks does
+    pd.testing.assert_frame_equal(standing(tmp_path / "root"), standing(tmp_path / "full"))
+
+
 def count_batch_twice(sink: Path, batch_id: int) -> None:
     """Add word_count batch `batch_id`'s counts to the next batch (its input read twice)."""
     again = pd.read_parquet(sink / sink_file_name(batch_id))

@@ -91,14 +91,14 @@ def test_format_batches_joins_ranges() -> None:
 
 
 def files(*ids: int, mtime: int = 100) -> list[PartFile]:
-    return [PartFile(i, f"/s/part-{i:012d}.parquet", mtime) for i in ids]
+    return [PartFile(i, i, f"/s/part-{i:012d}.parquet", 1, mtime) for i in ids]
 
 
 def test_plan_takes_every_batch_the_first_time_and_then_only_new_ones() -> None:
-    assert [f.batch_id for f in plan_batches(files(0, 1), None, "/s", False).files] == [0, 1]
+    assert [f.first for f in plan_batches(files(0, 1), None, "/s", False).files] == [0, 1]
     state = ValidationState("s", "/s", last_validated_batch_id=1, last_validated_mtime_ns=100)
     plan = plan_batches(files(0, 1, 2, 3), state, "/s", False)
-    assert [f.batch_id for f in plan.files] == [2, 3]
+    assert [f.first for f in plan.files] == [2, 3]
     assert plan.start_batch_id == 2
     assert plan.from_watermark
     assert plan_batches(files(0, 1), state, "/s", False).files == []
@@ -109,8 +109,35 @@ def test_plan_rechecks_from_a_rewritten_batch() -> None:
     state = ValidationState("s", "/s", last_validated_batch_id=3, last_validated_mtime_ns=100)
     rewritten = [*files(0, 1), *files(2, mtime=200), *files(3, 4)]
     plan = plan_batches(rewritten, state, "/s", False)
-    assert [f.batch_id for f in plan.files] == [2, 3, 4]
+    assert [f.first for f in plan.files] == [2, 3, 4]
     assert "rewritten" in plan.reason
+    assert not plan.from_watermark
+
+
+def test_plan_reads_only_new_batches_of_a_compacted_file() -> None:
+    # Given batches 0-3 validated, then compacted together with the new batches 4 and 5
+    state = ValidationState("s", "/s", last_validated_batch_id=3, last_validated_mtime_ns=100)
+    compacted = [PartFile(0, 5, "/s/part-000000000000-000000000005.parquet", 1, 900)]
+    plan = plan_batches([*compacted, *files(6)], state, "/s", False)
+    # Then the compacted file is no rewrite: the run starts after the watermark
+    assert plan.from_watermark
+    assert plan.start_batch_id == 4
+    assert [(f.first, f.last) for f in plan.files] == [(0, 5), (6, 6)]
+    # And a compacted file of checked batches only is no new batch
+    plan = plan_batches([PartFile(0, 3, "/s/x", 1, 900)], state, "/s", False)
+    assert plan.files == []
+
+
+def test_plan_rechecks_after_a_truncation_it_has_not_seen() -> None:
+    state = ValidationState(
+        "s", "/s", last_validated_batch_id=5, last_validated_mtime_ns=100, last_truncation="t1"
+    )
+    seen = [{"time": "t1", "after": 1}]
+    assert plan_batches(files(0, 1, 2, 3, 4, 5), state, "/s", False, seen).files == []
+    restored = [*seen, {"time": "t2", "after": 2}]
+    plan = plan_batches(files(0, 1, 2, 3, 4, 5), state, "/s", False, restored)
+    assert plan.start_batch_id == 3
+    assert [f.first for f in plan.files] == [3, 4, 5]
     assert not plan.from_watermark
 
 

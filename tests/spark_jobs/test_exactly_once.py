@@ -1,4 +1,5 @@
-"""Exactly-once under crashes: SIGKILL both drivers mid-stream again and again, restart each time.
+"""Exactly-once under crashes: SIGKILL both drivers mid-stream again and again, restart each time,
+and compact their sinks while they run (a compaction is SIGKILLed midway every other round).
 
 Files carry increasing modification times and `--max-files-per-trigger 1`, so a batch usually
 reads one file. Not always: a kill after the file source has logged the files of its next batch
@@ -11,6 +12,10 @@ the total over all files read up to and including that batch; and both end at th
 
 Half the kills are aimed: they land after a batch's sink file is written and before Spark has
 committed the batch, so the restart must replay a batch whose output is already in the sink.
+
+The sinks are read the way the reader contract says (`spark_jobs.sinks.sink_files`), and the
+quality checks and reconciliation run incrementally after the first round and at the end: they
+pass without checking every batch again.
 """
 
 from __future__ import annotations
@@ -20,14 +25,20 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from expectations.reconcile import reconcile_pair
+from expectations.suites import QualityConfig, ReconcilePair
+from expectations.validate import QualityRunner, StreamSink
 from spark_jobs.status import read_status
-from tests.conftest import drop_file, job_command, read_sink
+from tests.conftest import ROOT, drop_file, job_command, read_sink
+from tests.spark_jobs.test_compaction import KILL_AFTER
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -99,10 +110,79 @@ def files_per_batch(checkpoint: Path) -> dict[int, list[str]]:
     return batches
 
 
-def kill_mid_stream(tmp_path: Path, rng: random.Random, aimed: bool) -> int:
+def compact_sinks(tmp_path: Path, kill_midway: bool) -> None:
+    """Compact both sinks (`python -m spark_jobs.compaction`, no grace period); with
+    `kill_midway`, SIGKILL the first compaction right after it renamed its file into place."""
+    for number, job in enumerate(JOBS):
+        argv = [
+            "--sink", str(tmp_path / f"{job}-sink"),
+            "--checkpoint", str(tmp_path / f"{job}-ck"),
+            "--grace-seconds", "0",
+        ]  # fmt: skip
+        killed = kill_midway and number == 0
+        code = (
+            ["-c", KILL_AFTER.format(method="commit")]
+            if killed
+            else ["-m", "spark_jobs.compaction"]
+        )
+        done = subprocess.run(
+            [sys.executable, *code, *argv],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if killed:
+            # Killed, unless there was nothing new to merge (then it ended normally)
+            assert done.returncode in (-signal.SIGKILL, 0), done.stdout + done.stderr
+        else:
+            assert done.returncode == 0, done.stdout + done.stderr
+
+
+def check_quality(tmp_path: Path, first: bool) -> None:
+    """Validate both sinks and reconcile them, as `sink_quality` does; all must pass, and after
+    the first run only new (or replayed) batches are checked."""
+    runner = QualityRunner(str(tmp_path / "quality"), QualityConfig.load(), run="test")
+    sinks = {
+        job: StreamSink(job, job, str(tmp_path / f"{job}-sink"), str(tmp_path / f"{job}-ck"), False)
+        for job in JOBS
+    }
+    reports = [runner.validate_stream(sinks[job]) for job in JOBS]
+    reports.append(
+        reconcile_pair(runner, ReconcilePair(*JOBS), sinks["word_count"], sinks["running_total"])
+    )
+    runner.commit()
+    for report in reports:
+        assert report.success, report.message()
+        if not first:
+            assert "every batch" not in report.checked, report.checked
+    if not first:
+        # And the incremental reconciliation stands where a full one over both sinks does
+        full = QualityRunner(str(tmp_path / "quality-full"), QualityConfig.load(), run="full")
+        assert reconcile_pair(
+            full, ReconcilePair(*JOBS), sinks["word_count"], sinks["running_total"], True
+        ).success
+        full.commit()
+        incremental, whole = (
+            pd.read_parquet(root / "_streamops/quality/word_count~running_total.reconcile.parquet")
+            .sort_values("word")
+            .reset_index(drop=True)
+            for root in (tmp_path / "quality", tmp_path / "quality-full")
+        )
+        pd.testing.assert_frame_equal(incremental, whole)
+        assert len(whole) > 0
+
+
+def kill_mid_stream(
+    tmp_path: Path, rng: random.Random, aimed: bool, compaction: str | None = None
+) -> int:
     """Start both jobs, wait until they make progress, then SIGKILL them.
 
-    Returns how many jobs were killed with written but uncommitted output.
+    With `compaction` ("whole" or "killed"), both sinks are compacted while the jobs run, the
+    first compaction SIGKILLed midway if "killed". Returns how many jobs were killed with
+    written but uncommitted output.
     """
     before = {job: last_batch(tmp_path, job) for job in JOBS}
     procs = {
@@ -120,6 +200,8 @@ def kill_mid_stream(tmp_path: Path, rng: random.Random, aimed: bool) -> int:
             assert time.monotonic() < deadline, "the jobs made no progress in 120 s"
             assert all(p.poll() is None for p in procs.values()), "a job exited on its own"
             time.sleep(0.1)
+        if compaction:
+            compact_sinks(tmp_path, kill_midway=compaction == "killed")
         if not aimed:
             time.sleep(rng.uniform(0.0, 1.5))
         aimed_kills = 0
@@ -156,7 +238,13 @@ def test_both_sinks_stay_exact_through_repeated_sigkills(tmp_path: Path) -> None
             files += 1
             mtime += 1
             drop_file(tmp_path / "in", f"{files:04d}.txt", text, mtime=mtime)
-        aimed_kills += kill_mid_stream(tmp_path, rng, aimed=round_ % 2 == 1 or round_ >= ROUNDS)
+        aimed = round_ % 2 == 1 or round_ >= ROUNDS
+        # The rounds with a random kill compact the sinks while the jobs run: whole in the
+        # first, killed midway in the next (an aimed kill needs the jobs busy, not compacting)
+        compaction = None if aimed else ("whole" if round_ == 0 else "killed")
+        aimed_kills += kill_mid_stream(tmp_path, rng, aimed, compaction)
+        if round_ == 0:
+            check_quality(tmp_path, first=True)
         round_ += 1
     assert aimed_kills >= 1, "no kill landed between a sink write and its commit"
 
@@ -170,6 +258,7 @@ def test_both_sinks_stay_exact_through_repeated_sigkills(tmp_path: Path) -> None
             check=False,
         )
         assert done.returncode == 0, done.stderr[-3000:]
+    compact_sinks(tmp_path, kill_midway=False)
 
     # Then every input file was read by exactly one batch of each job
     words_of = {p.name: Counter(p.read_text().split()) for p in (tmp_path / "in").glob("*.txt")}
@@ -205,3 +294,5 @@ def test_both_sinks_stay_exact_through_repeated_sigkills(tmp_path: Path) -> None
     assert final.to_dict() == dict(expected)
     # And no partly written batch file is left behind
     assert not list((tmp_path / "word_count-sink").glob(".*"))
+    # And the quality checks and reconciliation pass, checking only what is new
+    check_quality(tmp_path, first=False)
