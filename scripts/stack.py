@@ -99,8 +99,15 @@ def demo_streams(socket_port: int = SOCKET_PORT) -> tuple[DemoStream, ...]:
 STREAM_DAGS = tuple(dict.fromkeys(s.dag_id for s in demo_streams()))
 # Unpaused once parsed: the health check (every minute); stream_control, which runs only when
 # triggered (the UI, or `bin/streamops stop`; a paused DAG's runs would never start); the quality
-# checks (every 10 minutes and on new sink files) and the daily checkpoint rotation.
-CONTROL_DAGS = ("stream_health", "stream_control", "sink_quality", "checkpoint_rotation")
+# checks (every 10 minutes and on new sink files), the daily checkpoint rotation and the hourly
+# sink compaction.
+CONTROL_DAGS = (
+    "stream_health",
+    "stream_control",
+    "sink_quality",
+    "checkpoint_rotation",
+    "sink_compaction",
+)
 
 T = TypeVar("T")
 
@@ -746,7 +753,8 @@ def print_banner(
                 (generated; kept in {stack.password_file})
   streams       {", ".join(f"{r.stream} ({r.dag_id})" for r in runs)}
   also running  stream_health (every minute), sink_quality (on new sink files, and every
-                10 min: Data Docs linked from the Streams page), checkpoint_rotation (daily)
+                10 min: Data Docs linked from the Streams page), checkpoint_rotation (daily),
+                sink_compaction (hourly)
   data          {stack.data_root}/streams/<stream>/input, sink (Parquet), checkpoint
   sample text   scripts/feeder.py adds a file every {interval:g} s to the file streams' input
                 folders, and sends the same lines to 127.0.0.1:{socket_port}

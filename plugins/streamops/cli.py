@@ -8,6 +8,7 @@
     bin/streamops snapshot STREAM
     bin/streamops restore STREAM [--snapshot-id ID]
     bin/streamops prune STREAM [--keep-count N] [--keep-age-hours H]
+    bin/streamops compact STREAM [--target-mb MB] [--grace-minutes M]
 
 `status` prints one line per stream (state, last batch and its age, rates, backlog, checkpoint,
 quality) and, under it, each health breach with what to do. It asks the Airflow api-server
@@ -17,7 +18,8 @@ when Airflow itself is down. Both judge streams with `streamops.overview`, the r
 
 Every action triggers a DAG run through Airflow's REST API, so it is audited, runs where Airflow
 runs tasks, and shows in the UI: `start` the stream's DAG (with the Params it last ran with),
-`stop` `stream_control`, the checkpoint actions `checkpoint_rotation`. `--wait` waits for the
+`stop` `stream_control`, the checkpoint actions `checkpoint_rotation`, `compact`
+`sink_compaction`. `--wait` waits for the
 outcome (`restart` always does).
 
 Exit codes: 0 all streams healthy (or the action succeeded), 1 a stream is unhealthy (or the
@@ -41,6 +43,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from streamops.config import REPO_ROOT, data_root, stream_run_id
@@ -49,6 +52,8 @@ DEFAULT_URL = "http://localhost:8080"
 STACK_PASSWORDS = REPO_ROOT / ".airflow" / "simple_auth_manager_passwords.json.generated"
 CHECKPOINT_ACTIONS = ("rotate", "snapshot", "restore", "prune")
 TERMINAL = ("success", "failed")
+#: Retries of a request Airflow answered with a server error (5xx), e.g. a locked SQLite.
+SERVER_ERROR_RETRIES = 3
 EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -147,6 +152,11 @@ class Airflow:
         if status == 401:
             self.login()
             status, answer = self._request(method, path, body, self._token)
+        for attempt in range(SERVER_ERROR_RETRIES if method == "GET" else 0):
+            if status < 500:
+                break
+            time.sleep(2.0 * (attempt + 1))  # a GET is safe to repeat after a server error
+            status, answer = self._request(method, path, body, self._token)
         if status in (401, 403):
             raise CliError(
                 f"Airflow refused {method} {path} (HTTP {status}): the user needs DAG read and "
@@ -197,12 +207,21 @@ class Airflow:
                 f"DAG {dag_id} is paused, so a run would wait forever: unpause it (UI toggle, or "
                 f"`airflow dags unpause {dag_id}`) and run this again"
             )
-        answer = self.call(
-            "POST",
-            f"/api/v2/dags/{dag_id}/dagRuns",
-            {"logical_date": None, "conf": conf, "note": note}
-            | ({"dag_run_id": run_id} if run_id else {}),
-        )
+        # The run id is chosen here, so that a POST retried after a server error (Airflow on
+        # SQLite answers 500 "Database error" while its database is locked) cannot make two runs.
+        run_id = run_id or f"manual__{datetime.now(UTC).isoformat(timespec='microseconds')}"
+        path = f"/api/v2/dags/{dag_id}/dagRuns"
+        body = {"logical_date": None, "conf": conf, "note": note, "dag_run_id": run_id}
+        for attempt in range(SERVER_ERROR_RETRIES + 1):
+            status, answer = self._authed("POST", path, body)
+            if status == 409 and attempt > 0:
+                return run_id  # the earlier attempt made the run before its answer was lost
+            if status < 500 or attempt == SERVER_ERROR_RETRIES:
+                break
+            time.sleep(2.0 * (attempt + 1))
+        if status >= 300:
+            detail = answer.get("detail") if isinstance(answer, dict) else answer
+            raise CliError(f"POST {path} failed (HTTP {status}): {detail}", EXIT_USAGE)
         return str(answer["dag_run_id"])
 
     def run_state(self, dag_id: str, run_id: str) -> str:
@@ -497,6 +516,20 @@ def cmd_checkpoint(args: argparse.Namespace, airflow: Airflow) -> int:
     return _finish(airflow, "checkpoint_rotation", run_id, args.wait, args.timeout)
 
 
+def cmd_compact(args: argparse.Namespace, airflow: Airflow) -> int:
+    """Compact a stream's sink through the sink_compaction DAG."""
+    if _find(airflow, args.stream) is None:
+        raise CliError(f"stream {args.stream!r} is not registered: no sink to compact")
+    conf: dict[str, Any] = {"stream": args.stream}
+    if args.target_mb is not None:
+        conf["target_mb"] = args.target_mb
+    if args.grace_minutes is not None:
+        conf["grace_minutes"] = args.grace_minutes
+    run_id = airflow.trigger("sink_compaction", conf, f"streamops compact {args.stream}")
+    _announce(airflow, f"compact {args.stream}", "sink_compaction", run_id)
+    return _finish(airflow, "sink_compaction", run_id, args.wait, args.timeout)
+
+
 # --- Command line --------------------------------------------------------------------------------
 
 
@@ -571,6 +604,18 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument("--keep-count", type=positive_int, default=10)
             command.add_argument("--keep-age-hours", type=float, default=24.0)
         command.set_defaults(run=cmd_checkpoint)
+
+    compact_cmd = commands.add_parser(
+        "compact", help="merge a stream's committed batch files (the sink_compaction DAG)"
+    )
+    compact_cmd.add_argument("stream")
+    compact_cmd.add_argument("--target-mb", type=float, help="largest merged file (default 64)")
+    compact_cmd.add_argument(
+        "--grace-minutes", type=float, help="how long merged files stay for reads (default 60)"
+    )
+    compact_cmd.add_argument("--wait", action="store_true", help="until the run ends")
+    compact_cmd.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
+    compact_cmd.set_defaults(run=cmd_compact)
     return main
 
 

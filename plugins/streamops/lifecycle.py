@@ -1,7 +1,11 @@
-"""Checkpoint actions on a live stream: stop it at a batch boundary, act, and say how to restart.
+"""Maintenance of a live stream's files.
 
-Used by the `checkpoint_rotation` DAG. The action runs while this task holds the checkpoint's
-lease (`spark_jobs/lease.py`), so no driver can start on the checkpoint half-way through.
+Checkpoint actions (the `checkpoint_rotation` DAG): stop the stream at a batch boundary, act,
+and say how to restart. The action runs while this task holds the checkpoint's lease
+(`spark_jobs/lease.py`), so no driver can start on the checkpoint half-way through.
+
+Sink compaction (the `sink_compaction` DAG): merges committed batch files while the stream runs,
+under the sink's own maintenance lease (`spark_jobs/compaction.py`).
 """
 
 from __future__ import annotations
@@ -143,3 +147,39 @@ def run_action(
         restart_dag_id=record.dag_id if was_running else None,
         restart_conf=conf,
     )
+
+
+def compact_stream(
+    stream: str,
+    owner: str,
+    target_mb: float | None = None,
+    grace_minutes: float | None = None,
+) -> dict[str, object]:
+    """Compact one stream's sink; skip it (saying why) while another maintenance holds it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from spark_jobs.compaction import CompactionPolicy, SinkBusy, compact
+    from spark_jobs.layout import SinkLayoutError
+
+    record = registry.load(stream)
+    if record is None:
+        return {"stream": stream, "skipped": "no longer registered"}
+    grace = None if grace_minutes is None else grace_minutes * 60
+    try:
+        policy = CompactionPolicy.from_env(target_mb, grace)
+        result = compact(record.sink, record.checkpoint, policy, owner=owner, progress=print)
+    except SinkBusy as busy:
+        print(f"stream {stream}: not compacted this time: {busy}")
+        return {"stream": stream, "skipped": str(busy)}
+    except (FileNotFoundError, SinkLayoutError, ValueError) as err:
+        raise AirflowFailException(f"stream {stream}: cannot compact {record.sink}: {err}") from err
+    print(f"stream {stream}: {result.summary()}")
+    return {
+        "stream": stream,
+        "merged": result.merged,
+        "written": [f.name for f in result.written],
+        "bytes_in": result.bytes_in,
+        "bytes_out": result.bytes_out,
+        "deleted": result.deleted,
+        "through_batch_id": result.through_batch_id,
+    }

@@ -25,6 +25,10 @@ Names follow Prometheus conventions: `streamops_` prefix, base units in the name
 | `streamops_checkpoint_generation` | gauge | rotations so far |
 | `streamops_checkpoint_snapshots` | gauge | snapshots kept |
 | `streamops_checkpoint_latest_snapshot_timestamp_seconds` | gauge | newest snapshot's time |
+| `streamops_sink_files` | gauge | Parquet files in the sink, merged ones still in grace included |
+| `streamops_sink_size_bytes` | gauge | bytes of those files |
+| `streamops_sink_rows` | gauge | rows a reader reads (each batch once) |
+| `streamops_sink_last_compaction_timestamp_seconds` | gauge | the last compaction's time |
 | `streamops_quality_success` | gauge | 1 when the newest validation of the sink passed |
 | `streamops_quality_last_validation_timestamp_seconds` | gauge | when it ran |
 | `streamops_overview_problems` | gauge | files that could not be read (0 when all is readable) |
@@ -207,6 +211,32 @@ class OverviewCollector(Collector):
                 _timestamp(s.checkpoint.latest_snapshot["created_at"])
                 if s.checkpoint.latest_snapshot
                 else None
+            ),
+        )
+        yield _gauge(
+            "streamops_sink_files",
+            "Parquet files in the stream's sink, merged ones in their grace period included.",
+            streams,
+            lambda s: s.sink_files.files,
+        )
+        yield _gauge(
+            "streamops_sink_size_bytes",
+            "Bytes of the stream's sink files.",
+            streams,
+            lambda s: s.sink_files.size_bytes,
+        )
+        yield _gauge(
+            "streamops_sink_rows",
+            "Rows in the stream's sink, each batch once.",
+            streams,
+            lambda s: s.sink_files.rows,
+        )
+        yield _gauge(
+            "streamops_sink_last_compaction_timestamp_seconds",
+            "When the stream's sink was last compacted, Unix time.",
+            streams,
+            lambda s: (
+                _timestamp(s.sink_files.last_compaction) if s.sink_files.last_compaction else None
             ),
         )
         yield _gauge(

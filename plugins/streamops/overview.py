@@ -111,6 +111,17 @@ class CheckpointInfo:
 
 
 @dataclass(frozen=True)
+class SinkInfo:
+    """The sink's files (all, and those readers read), bytes, rows and last compaction."""
+
+    files: int | None
+    live_files: int | None
+    size_bytes: int | None
+    rows: int | None
+    last_compaction: str | None
+
+
+@dataclass(frozen=True)
 class QualityInfo:
     """The newest Great Expectations validation of the stream's sink."""
 
@@ -198,6 +209,7 @@ class StreamOverview:
     last_error: str | None
     exception: str | None
     checkpoint: CheckpointInfo
+    sink_files: SinkInfo
     quality: QualityInfo | None
     # The Params of the run that started the stream: `streamops start` starts it the same way.
     params: dict[str, Any] = field(default_factory=dict)
@@ -423,6 +435,29 @@ def checkpoint_info(checkpoint: str, use_cache: bool = True) -> CheckpointInfo:
     return _cached("checkpoint", checkpoint, compute) if use_cache else compute()
 
 
+# Rows of each live sink file, by (path, size, mtime): a file's footer is read once.
+_footer_rows: dict[tuple[str, int, int], int] = {}
+_footer_lock = threading.Lock()
+
+
+def sink_info(sink: str, problems: list[str], use_cache: bool = True) -> SinkInfo:
+    """Files, bytes and rows of a sink (footers of files new since the last call are read)."""
+    from spark_jobs.compaction import sink_stats
+
+    def compute() -> SinkInfo:
+        try:
+            with _footer_lock:
+                stats = sink_stats(sink, _footer_rows)
+        except (OSError, ValueError) as err:
+            problems.append(f"sink {sink}: cannot list or read it ({err})")
+            return SinkInfo(None, None, None, None, None)
+        return SinkInfo(
+            stats.files, stats.live_files, stats.bytes, stats.rows, stats.last_compaction
+        )
+
+    return _cached("sink", sink, compute) if use_cache else compute()
+
+
 def quality_info(summary: dict[str, Any] | None) -> QualityInfo | None:
     """The page's view of a quality history line."""
     if not summary:
@@ -533,6 +568,7 @@ def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down
         last_error=record.last_error,
         exception=status.exception if status else None,
         checkpoint=checkpoint_info(record.checkpoint, use_cache),
+        sink_files=sink_info(record.sink, problems, use_cache),
         quality=quality_info(quality.get(f"stream {record.stream}")),
         params=dict(record.params),
         recent_batches=[

@@ -78,7 +78,27 @@ def test_sink_quality_validates_reconciles_and_publishes_data_docs(
     }
     assert all(line["success"] for line in first)
     assert {line["batches"]["count"] for line in first} == {6}  # type: ignore[index]
-    # And a manual run with revalidate_all checks every batch again
+    # And when sink_compaction then merges both sinks' committed batches
+    compaction = dags_test("sink_compaction", {"grace_minutes": 0}, env)
+    output = compaction.stdout + compaction.stderr
+    assert run_state(compaction) == "success", output[-4000:]
+    for name in ("word_count", "running_total"):
+        assert f"stream {name}: merged 6 files" in output, output[-4000:]
+        sink = tmp_path / "streams" / name / "sink"
+        assert [p.name for p in sink.glob("*.parquet")] == [
+            "part-000000000000-000000000005.parquet"
+        ]
+    # Then the next sink_quality run finds no new batch in them, and passes without revalidating
+    result = dags_test("sink_quality", {}, env)
+    assert run_state(result) == "success", (result.stdout + result.stderr)[-4000:]
+    after = history(tmp_path)[len(first) :]
+    assert all(line["success"] for line in after), after
+    checked = {str(line["subject"]): str(line["checked"]) for line in after}
+    assert checked["stream word_count"] == "no new batches since batch 5", checked
+    assert checked["stream running_total"] == "no new batches since batch 5", checked
+    assert checked["streams word_count and running_total"].endswith(", 0 new"), checked
+    first = history(tmp_path)
+    # And a manual run with revalidate_all checks every batch again, from the compacted files
     result = dags_test("sink_quality", {"revalidate_all": True}, env)
     assert run_state(result) == "success", (result.stdout + result.stderr)[-4000:]
     second = history(tmp_path)[len(first) :]

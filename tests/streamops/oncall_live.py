@@ -142,7 +142,7 @@ def check_page(port: int, token: str) -> None:
             context.add_cookies([{"name": "_token", "value": token, "url": base}])
             page = context.new_page()
             page.goto(f"{base}/plugin/streams", wait_until="domcontentloaded", timeout=60_000)
-            frame = wait_for_frame(page, "/streamops/ui", timeout=60)
+            frame = wait_for_frame(page, "/streamops/ui", timeout=120)
             frame.wait_for_selector("body[data-loaded='true']", timeout=60_000)
             deadline = time.monotonic() + 60
             while True:
@@ -194,8 +194,15 @@ def wait_for_frame(page: Any, url_end: str, timeout: float) -> Any:
         if frames:
             return frames[-1]
         if time.monotonic() > deadline:
+            shot = ARTIFACTS / "streams-page-failed.png"
+            page.screenshot(path=str(shot), full_page=True)
+            iframes = page.eval_on_selector_all("iframe", "els => els.map(e => e.src)")
+            text = page.evaluate("document.body.innerText")[:1500]
             urls = [f.url for f in page.frames]
-            pytest.fail(f"no frame at ...{url_end} after {timeout:.0f} s: {urls}")
+            pytest.fail(
+                f"no frame at ...{url_end} after {timeout:.0f} s; frames {urls}, iframe elements "
+                f"{iframes}, screenshot {shot}; the page says: {text}"
+            )
         time.sleep(0.5)
 
 

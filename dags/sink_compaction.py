@@ -1,0 +1,102 @@
+"""
+### sink_compaction
+
+Keeps every stream's **sink fast to read**: a stream writes one Parquet file per micro-batch
+(86,400 a day at a 1-second trigger), and this DAG merges them into files of up to *Target size*
+while the streams run. Runs **hourly** (`$STREAMOPS_COMPACTION_SCHEDULE`) and on demand for one
+stream (`bin/streamops compact STREAM`).
+
+Per stream (one mapped `compact_sink` task each, code in `spark_jobs/compaction.py`):
+
+- only batches its checkpoint has **committed** are merged: a newer batch may still be replayed;
+- the merged files stay for the *Grace period* (default 60 minutes), so that reads already under
+  way end, then go;
+- it never runs beside another compaction, a restore or a rotation of the same sink (the sink's
+  maintenance lease); a busy sink is skipped and the task says by whom.
+
+Readers must follow the **reader contract** (`docs/sinks.md`): read the files
+`spark_jobs.sinks.sink_files(SINK)` lists, e.g.
+`pd.read_parquet(sink_files("data/streams/word_count/sink"))`. A plain
+`pd.read_parquet(SINK)` sees merged batches twice during the grace period.
+
+Each task logs what it merged, the bytes before and after, and what it deleted; the Streams page
+shows each sink's files, size and last compaction.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from streamops.config import STREAM_NAME_PATTERN
+
+with DAG(
+    dag_id="sink_compaction",
+    schedule=os.environ.get("STREAMOPS_COMPACTION_SCHEDULE", "@hourly"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    params={
+        "stream": Param(
+            None,
+            type=["null", "string"],
+            pattern=STREAM_NAME_PATTERN,
+            title="Stream",
+            description="compact only this stream's sink; empty: every stream",
+        ),
+        "target_mb": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            title="Target size (MB)",
+            description="largest compacted file; empty: $STREAMOPS_COMPACT_TARGET_MB or 64",
+        ),
+        "grace_minutes": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            title="Grace period (minutes)",
+            description="how long merged files stay for running reads; empty: "
+            "$STREAMOPS_COMPACT_GRACE_SECONDS or 60 minutes",
+        ),
+    },
+    tags=["operations", "streaming"],
+    default_args={"owner": "data-platform", "retries": 0},
+) as dag:
+
+    @task
+    def sinks_to_compact() -> list[str]:
+        """The stream named in the Params, or every registered stream."""
+        from airflow.sdk import get_current_context
+
+        from streamops.quality import streams_to_validate
+
+        return streams_to_validate(
+            get_current_context()["params"].get("stream"), doing="compacting the sinks of"
+        )
+
+    @task(map_index_template="{{ stream }}")
+    def compact_sink(stream: str) -> dict[str, Any]:
+        """Merge the stream's committed batch files; delete the ones merged past the grace."""
+        from airflow.sdk import get_current_context
+
+        from streamops.lifecycle import compact_stream
+
+        context = get_current_context()
+        context["stream"] = stream  # type: ignore[typeddict-unknown-key]  # names the map index
+        params = context["params"]
+        ti = context["ti"]
+        return compact_stream(
+            stream,
+            owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}#{ti.try_number}",
+            target_mb=params.get("target_mb"),
+            grace_minutes=params.get("grace_minutes"),
+        )
+
+    compact_sink.expand(stream=sinks_to_compact())
+
+
+if __name__ == "__main__":
+    dag.test()
