@@ -92,6 +92,7 @@ class Mode:
     parse_repeat: int
     rotation_batches: int
     quality_sizes: tuple[int, ...]
+    sink_batches: tuple[int, ...]  # sink sizes of bench/sinks.py, in batch files
     state_restart: bool  # restart each state run again (two JVM starts instead of one)
     partition_candidates: tuple[int, ...]
     files_per_trigger: tuple[int | None, ...]
@@ -117,6 +118,7 @@ MODES = {
         parse_repeat=1,
         rotation_batches=5,
         quality_sizes=(10_000,),
+        sink_batches=(500, 2_000),
         state_restart=False,
         partition_candidates=(PREVIOUS_SHUFFLE_PARTITIONS,),
         files_per_trigger=(),
@@ -142,6 +144,7 @@ MODES = {
         parse_repeat=3,
         rotation_batches=200,
         quality_sizes=(100_000, 1_000_000),
+        sink_batches=(5_000, 20_000, 86_400),
         state_restart=True,
         partition_candidates=(PREVIOUS_SHUFFLE_PARTITIONS, 4),
         files_per_trigger=(5, None),
@@ -337,6 +340,7 @@ class Operations:
     parse: dict[str, float]
     rotation: Any  # checkpoints.RotationFigures
     quality: list[tuple[int, dict[str, Any]]]
+    sinks: list[Any]  # sinks.SinkFigures
 
 
 def run_operations(ctx: Context) -> Operations:
@@ -361,8 +365,12 @@ def run_operations(ctx: Context) -> Operations:
         progress(f"operations: GX validation of two sinks of {rows:,} rows (bench/quality.py)")
         quality.write_sinks(folder, rows, per_file)
         results.append((rows, quality.run_step("pandas full", folder, rows)))
+    import sinks
+
+    progress(f"operations: sinks of {ctx.mode.sink_batches} batch files (bench/sinks.py)")
+    sink_figures = sinks.measure(ctx.work / "sinks", list(ctx.mode.sink_batches))
     ctx.note_load("operations")
-    return Operations(parse, rotation, results)
+    return Operations(parse, rotation, results, sink_figures)
 
 
 # --- 5. tuning -------------------------------------------------------------------------------
@@ -1130,6 +1138,7 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
         + "\n"
     )
     add(f"\n![quality]({plots['quality']})\n")
+    add(sinks_section(ops.sinks))
 
     add("\n## Tuning\n")
     add(
@@ -1207,6 +1216,53 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
         "# small inputs, a few minutes\n```\n"
     )
     return "\n".join(parts)
+
+
+def sinks_section(figures: list[Any]) -> str:
+    """Sinks over time (`bench/sinks.py`): reads and size before and after compaction."""
+    import sinks
+
+    rows = [
+        [
+            f"{f.batches:,}",
+            num(f.read_before),
+            num(f.read_after, 3),
+            num(f.read_one_file, 3),
+            num(f.read_ratio),
+            f"{f.disk_before / 2**20:.1f}",
+            f"{f.disk_after / 2**20:.2f}",
+            num(f.size_ratio),
+            num(f.compaction_seconds, 1),
+            num(f.quality_seconds),
+            num(f.quality_peak_mib, 0),
+        ]
+        for f in figures
+    ]
+    header = [
+        "batch files",
+        "read before s",
+        "read after s",
+        "one file s",
+        "read vs one file",
+        "MiB before",
+        "MiB after",
+        "size vs one file",
+        "compaction s",
+        "quality on 600 new s",
+        "quality peak MiB",
+    ]
+    return (
+        "\n**Sinks over time** (`bench/sinks.py`, docs/sinks.md): a trickle stream's sink of 20 "
+        "rows a batch, read with pandas through the reader contract before and after compaction, "
+        "against the same rows in one file; a `sink_quality` run on the 600 new batches of 10 "
+        "minutes, in a fresh process. Goals: read within "
+        f"x{sinks.READ_GOAL:g} and size within x{sinks.SIZE_GOAL:g} of one file; quality flat "
+        "as the sink grows.\n\n"
+        + table(header, rows)
+        + "\n\n"
+        + "\n".join(f"- {line}" for line in sinks.summary(figures))
+        + "\n"
+    )
 
 
 def state_summary(runs: list[StateRun]) -> str:

@@ -94,6 +94,22 @@ SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
             ["rows per sink", "seconds", "rows/s", "rows/s vs smallest", "Data Docs s", "peak MB"],
             ["rows per sink", "seconds", "rows/s", "rows/s vs smallest", "peak MB"],
         ),
+        (
+            [
+                "batch files",
+                "read before s",
+                "read after s",
+                "one file s",
+                "read vs one file",
+                "MiB before",
+                "MiB after",
+                "size vs one file",
+                "compaction s",
+                "quality on 600 new s",
+                "quality peak MiB",
+            ],
+            ["read before s", "read vs one file", "size vs one file", "compaction s"],
+        ),
     ],
     "Tuning": [
         (
