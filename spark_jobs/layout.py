@@ -19,7 +19,7 @@ A sink folder is a Parquet dataset of batch files and, once compacted, range fil
     <sink>/part-<first>-<last>.parquet      the rows of batches first..last, merged by compaction
     <sink>/.part-...tmp                     a file being written; hidden, so no reader sees it
     <sink>/_streamops/
-        maintenance.json  the lease of a compaction, restore or rotation (see `sink_lease`)
+        maintenance.json  the lease of a compaction, restore or rotation (see `compaction.py`)
         sink.json         the sink's history: compactions, truncations (see `SinkHistory`)
 
 The reader contract (`live_files`): the batch ranges of a sink's files are nested or disjoint,
