@@ -223,6 +223,11 @@ def stack_env(stack: Stack, worker_log_port: int, trigger_log_port: int) -> dict
             # task is deferred and holds none, so 8 covers streams starting, stream_health, a
             # quality check and stream_control runs, with room to spare, on 2 cores.
             "AIRFLOW__CORE__PARALLELISM": "8",
+            # SQLite waits up to 60 s for its write lock instead of 5 (`streamops/embedded.py`)
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "streamops.embedded.SQLITE_CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": (
+                "streamops.embedded.SQLITE_CONNECT_ARGS_ASYNC"
+            ),
             # How often the DAG folder is listed for new or deleted files (default 300 s).
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__API__HOST": stack.host,
