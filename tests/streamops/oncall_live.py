@@ -190,7 +190,11 @@ def wait_for_frame(page: Any, url_end: str, timeout: float) -> Any:
     """
     deadline = time.monotonic() + timeout
     while True:
-        frames = [f for f in page.frames if f.url.endswith(url_end) and not f.is_detached()]
+        frames = [
+            f
+            for f in page.frames
+            if f.parent_frame is not None and f.url.endswith(url_end) and not f.is_detached()
+        ]
         if frames:
             return frames[-1]
         if time.monotonic() > deadline:
@@ -203,7 +207,9 @@ def wait_for_frame(page: Any, url_end: str, timeout: float) -> Any:
                 f"no frame at ...{url_end} after {timeout:.0f} s; frames {urls}, iframe elements "
                 f"{iframes}, screenshot {shot}; the page says: {text}"
             )
-        time.sleep(0.5)
+        # Not time.sleep: Playwright's sync API takes in the page's events (new frames, their
+        # URLs) only while one of its calls runs
+        page.wait_for_timeout(500)
 
 
 def check_spark_ui_links(
