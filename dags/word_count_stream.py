@@ -24,7 +24,9 @@ task's log. Paths are relative to the data root.
   and this run succeeds. Marking the task failed or success, or clearing it, stops the driver
   (SIGKILL after 15 s).
 
-Sink: Parquet, one file per micro-batch, columns `batch_id, batch_time, word, count`.
+Sink: Parquet, one file per micro-batch, columns `batch_id, batch_time, word, count`, merged
+hourly by `sink_compaction`; read it with `spark_jobs.sinks.sink_files(SINK)` (`docs/sinks.md`).
+*Sink retention* (off by default) expires batches older than that many days.
 """
 
 from __future__ import annotations

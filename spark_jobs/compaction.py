@@ -16,6 +16,12 @@ reader pays for listing and opening them (`docs/sinks.md` has the figures). Comp
 4. Files superseded for longer than the grace period (default one hour) are deleted, as Delta
    Lake's VACUUM deletes files no snapshot needs: a read must end within the grace period.
 
+Retention (off by default; `CompactionPolicy.retention_seconds`) runs first, in the same run: the
+oldest live files whose newest batch is older than the age limit expire in one step, by a
+tombstone (`layout.tombstone_name`), and are deleted after the same grace period. The newest file
+never expires, so batch ids go on after a long stop. A compacted file spans at most `span_seconds`
+of batch time (default a day), so data outlives the limit by at most that.
+
 A kill at any point leaves either the old files alone, or the new file beside the files it
 supersedes: a reader sees every batch exactly once in both cases, and the next run goes on.
 
@@ -41,6 +47,7 @@ from spark_jobs.layout import (
     SinkFile,
     SinkLayout,
     SinkLayoutError,
+    expired_before,
     live_files,
     sink_file_name,
     superseded_files,
@@ -52,8 +59,11 @@ log = logging.getLogger(__name__)
 
 TARGET_MB_ENV = "STREAMOPS_COMPACT_TARGET_MB"
 GRACE_ENV = "STREAMOPS_COMPACT_GRACE_SECONDS"
+RETENTION_ENV = "STREAMOPS_SINK_RETENTION_DAYS"
 DEFAULT_TARGET_MB = 64.0
 DEFAULT_GRACE_SECONDS = 3600.0
+#: The longest batch-time span of a compacted file: retention drops whole files.
+DEFAULT_SPAN_SECONDS = 86400.0
 #: Rows per row group of a compacted file: few enough to stream, many enough to read fast.
 ROW_GROUP_ROWS = 1_000_000
 TEMP_PREFIX = ".compact-"
@@ -66,26 +76,37 @@ class SinkBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class CompactionPolicy:
-    """How big compacted files get, and how long merged files stay for running reads."""
+    """How big compacted files get, how long merged files stay for running reads, and how old
+    sink data may get (None: forever)."""
 
     target_bytes: int = int(DEFAULT_TARGET_MB * 1024 * 1024)
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    retention_seconds: float | None = None
+    span_seconds: float = DEFAULT_SPAN_SECONDS
 
     @classmethod
     def from_env(
-        cls, target_mb: float | None = None, grace_seconds: float | None = None
+        cls,
+        target_mb: float | None = None,
+        grace_seconds: float | None = None,
+        retention_days: float | None = None,
     ) -> CompactionPolicy:
-        """The given values, else `$STREAMOPS_COMPACT_TARGET_MB` and
-        `$STREAMOPS_COMPACT_GRACE_SECONDS`, else the defaults."""
+        """The given values, else `$STREAMOPS_COMPACT_TARGET_MB`,
+        `$STREAMOPS_COMPACT_GRACE_SECONDS` and `$STREAMOPS_SINK_RETENTION_DAYS`, else the
+        defaults (64 MB, one hour, no age limit)."""
         target = target_mb or float(os.environ.get(TARGET_MB_ENV, DEFAULT_TARGET_MB))
         grace = grace_seconds
         if grace is None:
             grace = float(os.environ.get(GRACE_ENV, DEFAULT_GRACE_SECONDS))
-        if target <= 0 or grace < 0:
+        days = retention_days
+        if days is None and os.environ.get(RETENTION_ENV):
+            days = float(os.environ[RETENTION_ENV])
+        if target <= 0 or grace < 0 or (days is not None and days <= 0):
             raise ValueError(
-                f"${TARGET_MB_ENV} must be > 0 and ${GRACE_ENV} >= 0 (got {target}, {grace})"
+                f"${TARGET_MB_ENV} and ${RETENTION_ENV} must be > 0 and ${GRACE_ENV} >= 0 "
+                f"(got {target}, {days}, {grace})"
             )
-        return cls(int(target * 1024 * 1024), grace)
+        return cls(int(target * 1024 * 1024), grace, None if days is None else days * 86400)
 
 
 @dataclass
@@ -96,6 +117,9 @@ class SinkHistory:
     #: Each truncation (a restore or rotation removed batches after `after`): quality checks
     #: re-check from there, since those batches are recomputed.
     truncations: list[dict[str, object]] = field(default_factory=list)
+    #: The age limit the last compaction applied (`max_age_days`, None: forever), when, and the
+    #: first batch it kept (`expired_before`).
+    retention: dict[str, object] | None = None
 
     @classmethod
     def read(cls, sink: SinkLayout) -> SinkHistory:
@@ -103,7 +127,11 @@ class SinkHistory:
         if not sink.history_file.exists():
             return cls()
         data = json.loads(sink.history_file.read_text())
-        return cls(list(data.get("compactions", [])), list(data.get("truncations", [])))
+        return cls(
+            list(data.get("compactions", [])),
+            list(data.get("truncations", [])),
+            data.get("retention"),
+        )
 
     def write(self, sink: SinkLayout) -> None:
         """Write it atomically, keeping the newest entries."""
@@ -128,6 +156,8 @@ class CompactionResult:
     bytes_in: int = 0
     bytes_out: int = 0
     deleted: int = 0
+    expired: int = 0
+    expired_before: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -140,9 +170,15 @@ class CompactionResult:
             if self.written
             else "no files to merge"
         )
+        expired = (
+            f"; expired {self.expired:,} files (kept batches from {self.expired_before})"
+            if self.expired
+            else ""
+        )
         return (
-            f"{head}; deleted {self.deleted:,} superseded files; committed batches through "
-            f"{self.through_batch_id}; {self.files_before:,} files before; {self.seconds:.1f} s"
+            f"{head}{expired}; deleted {self.deleted:,} superseded files; committed batches "
+            f"through {self.through_batch_id}; {self.files_before:,} files before; "
+            f"{self.seconds:.1f} s"
         )
 
 
@@ -188,13 +224,15 @@ class _MaintenanceLease:
 def compaction_runs(live: list[SinkFile], through: int, target_bytes: int) -> list[list[SinkFile]]:
     """Runs of consecutive live files a compaction may merge: committed, smaller than the target.
 
-    A file at the target size or larger is left alone and ends a run.
+    A file at the target size or larger is left alone and ends a run, and so is a compacted file
+    followed by another one: compaction closed it (at the target size, the span limit or a
+    schema change), so only the newest compacted file grows.
     """
+    committed = [f for f in live if f.last <= through]
+    newest_range = max((i for i, f in enumerate(committed) if f.is_range), default=-1)
     runs: list[list[SinkFile]] = [[]]
-    for f in live:
-        if f.last > through:
-            break
-        if f.size < target_bytes:
+    for i, f in enumerate(committed):
+        if f.size < target_bytes and not (f.is_range and i < newest_range):
             runs[-1].append(f)
         elif runs[-1]:
             runs.append([])
@@ -220,16 +258,46 @@ def compact(
     through = committed_through(checkpoint)
     with _MaintenanceLease(layout, f"compaction of {layout.root}", owner) as lease:
         files = layout.files()
-        result = CompactionResult(through, len(files))
+        result = CompactionResult(through, sum(1 for f in files if not f.tombstone))
+        result.expired_before = expired_before(files)
         if through is not None:
-            live = live_files(files)
+            if policy.retention_seconds is not None:
+                _expire(
+                    layout,
+                    live_files(files),
+                    through=through,
+                    max_age_seconds=policy.retention_seconds,
+                    lease=lease,
+                    result=result,
+                )
+                files = layout.files()
             _merge(
-                layout, live, through=through, policy=policy, lease=lease, result=result, say=say
+                layout,
+                live_files(files),
+                through=through,
+                policy=policy,
+                lease=lease,
+                result=result,
+                say=say,
             )
         result.deleted = _delete_superseded(layout, policy.grace_seconds, lease)
         result.seconds = time.monotonic() - started
-        if result.written or result.deleted:
-            history = SinkHistory.read(layout)
+        history = SinkHistory.read(layout)
+        retention = {
+            "max_age_days": (
+                None if policy.retention_seconds is None else policy.retention_seconds / 86400
+            ),
+            "expired_before": result.expired_before,
+        }
+        if history.retention is None or any(
+            history.retention.get(k) != v for k, v in retention.items()
+        ):
+            history.retention = {
+                **retention,
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            history.write(layout)
+        if result.written or result.deleted or result.expired:
             history.compactions.append(
                 {
                     "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -240,11 +308,63 @@ def compact(
                     "bytes_in": result.bytes_in,
                     "bytes_out": result.bytes_out,
                     "deleted": result.deleted,
+                    "expired": result.expired,
                     "seconds": round(result.seconds, 3),
                 }
             )
             history.write(layout)
     return result
+
+
+def _expire(
+    layout: SinkLayout,
+    live: list[SinkFile],
+    *,
+    through: int,
+    max_age_seconds: float,
+    lease: _MaintenanceLease,
+    result: CompactionResult,
+) -> None:
+    """Expire the oldest committed live files whose newest batch is older than the limit, all in
+    one step: a tombstone before the first file kept. Never the newest live file."""
+    cutoff = datetime.now(UTC).timestamp() - max_age_seconds
+    expired = []
+    for f in live[:-1]:
+        if f.last > through:
+            break
+        newest = _read_batch_times(layout.root, f)[1]
+        if newest is None or newest.timestamp() >= cutoff:
+            break
+        expired.append(f)
+    if not expired:
+        return
+    lease.check()
+    first_kept = expired[-1].last + 1
+    layout.tombstone(first_kept).write_bytes_atomic(b"")
+    result.expired = len(expired)
+    result.expired_before = first_kept
+
+
+def _read_batch_times(root: Location, f: SinkFile) -> tuple[datetime | None, datetime | None]:
+    """The oldest and newest `batch_time` in a file (None, None when it has none)."""
+    try:
+        table = pq.read_table(f.path, columns=["batch_time"], filesystem=root.filesystem)
+    except (KeyError, pa.ArrowInvalid):
+        return None, None
+    return _batch_times(table)
+
+
+def _batch_times(table: pa.Table) -> tuple[datetime | None, datetime | None]:
+    """The oldest and newest `batch_time` of a table's rows, as UTC datetimes."""
+    import pyarrow.compute as pc
+
+    if "batch_time" not in table.column_names or table.num_rows == 0:
+        return None, None
+    column = table.column("batch_time")
+    if not pa.types.is_timestamp(column.type):
+        return None, None
+    column = column.cast(pa.timestamp("us", "UTC"))
+    return pc.min(column).as_py(), pc.max(column).as_py()
 
 
 def _merge(
@@ -260,11 +380,11 @@ def _merge(
     total = sum(1 for f in live if f.last <= through)
     done = 0
     for run in compaction_runs(live, through, policy.target_bytes):
-        writer = _RangeWriter(layout.root, policy.target_bytes)
+        writer = _RangeWriter(layout.root, policy.target_bytes, policy.span_seconds)
         for f, table in _read_ahead(layout.root, run):
             if not writer.add(f, table):
                 _finish(writer, lease, result)
-                writer = _RangeWriter(layout.root, policy.target_bytes)
+                writer = _RangeWriter(layout.root, policy.target_bytes, policy.span_seconds)
                 writer.add(f, table)
             done += 1
             if done % 5000 == 0:
@@ -310,11 +430,19 @@ def _finish(writer: _RangeWriter, lease: _MaintenanceLease, result: CompactionRe
 
 
 class _RangeWriter:
-    """Streams whole source files, in batch order, into one hidden file; renamed at commit."""
+    """Streams whole source files, in batch order, into one hidden file; renamed at commit.
 
-    def __init__(self, root: Location, target_bytes: int) -> None:
+    The file ends at the target size, at a schema change, or before a source whose newest batch
+    is more than `span_seconds` after the file's oldest one.
+    """
+
+    def __init__(
+        self, root: Location, target_bytes: int, span_seconds: float = DEFAULT_SPAN_SECONDS
+    ) -> None:
         self.root = root
         self.target_bytes = target_bytes
+        self.span_seconds = span_seconds
+        self._oldest: datetime | None = None
         self.sources: list[SinkFile] = []
         self.temp = root.child(f"{TEMP_PREFIX}{uuid.uuid4().hex}.tmp")
         self._stream: pa.NativeFile | None = None
@@ -327,11 +455,25 @@ class _RangeWriter:
     def add(self, f: SinkFile, table: pa.Table | None = None) -> bool:
         """Append a file's rows (`table`, or streamed from the file when None); False (nothing
         added) when they do not fit this file."""
+        oldest, newest = (
+            _batch_times(table) if table is not None else _read_batch_times(self.root, f)
+        )
+        if (
+            self._writer is not None
+            and self._oldest is not None
+            and newest is not None
+            and (newest - self._oldest).total_seconds() > self.span_seconds
+        ):
+            return False
         if table is not None:
-            return self._add(f, table.schema, table.to_batches())
-        with self.root.filesystem.open_input_file(f.path) as handle:
-            source = pq.ParquetFile(handle)
-            return self._add(f, source.schema_arrow, source.iter_batches(ROW_GROUP_ROWS))
+            added = self._add(f, table.schema, table.to_batches())
+        else:
+            with self.root.filesystem.open_input_file(f.path) as handle:
+                source = pq.ParquetFile(handle)
+                added = self._add(f, source.schema_arrow, source.iter_batches(ROW_GROUP_ROWS))
+        if added and oldest is not None and (self._oldest is None or oldest < self._oldest):
+            self._oldest = oldest
+        return added
 
     def _add(self, f: SinkFile, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> bool:
         if self._writer is not None and (
@@ -422,13 +564,20 @@ def truncate(
         across = [f for f in live if f.first <= cut < f.last]
         for f in across:
             _rewrite_through(layout.root, f, cut)
+        if cut >= 0 and expired_before(files) > cut + 1:
+            # Batches after the cut are recomputed: only those up to it stay expired.
+            layout.tombstone(cut + 1).write_bytes_atomic(b"")
         removed = []
-        # Superseded files first, the live file across the cut last: the ranges stay nested.
-        doomed = [f for f in files if f.last > cut and f not in across]
+        # Superseded files first, tombstones after the files they hid, the live file across the
+        # cut last: the ranges stay nested.
+        doomed = sorted(
+            (f for f in files if f.last > cut and f not in across), key=lambda f: f.tombstone
+        )
         for f in [*doomed, *across]:
             lease.check()
             layout.root.filesystem.delete_file(f.path)
-            removed.append(f.first)
+            if not f.tombstone:
+                removed.append(f.first)
         history = SinkHistory.read(layout)
         history.truncations.append(
             {
@@ -462,6 +611,10 @@ class SinkStats:
     bytes: int
     rows: int
     last_compaction: str | None
+    #: The age limit the last compaction applied (None: kept forever, or never compacted).
+    retention_days: float | None = None
+    #: Every batch before this one expired (0: none did).
+    expired_before: int = 0
 
 
 def sink_stats(
@@ -486,13 +639,17 @@ def sink_stats(
         rows += cache[key]
     for stale in [k for k in cache if k[0].startswith(layout.root.path) and k not in keys]:
         del cache[stale]
-    last = SinkHistory.read(layout).last_compaction
+    history = SinkHistory.read(layout)
+    last = history.last_compaction
+    days = (history.retention or {}).get("max_age_days")
     return SinkStats(
-        files=len(files),
+        files=sum(1 for f in files if not f.tombstone),
         live_files=len(live),
         bytes=sum(f.size for f in files),
         rows=rows,
         last_compaction=str(last["time"]) if last else None,
+        retention_days=None if days is None else float(str(days)),
+        expired_before=expired_before(files),
     )
 
 
@@ -514,10 +671,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grace-seconds", type=float, default=None, help=f"default ${GRACE_ENV} or 3600"
     )
+    parser.add_argument(
+        "--retention-days",
+        type=float,
+        default=None,
+        help=f"expire batches older than this; default ${RETENTION_ENV}, or keep them forever",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        policy = CompactionPolicy.from_env(args.target_mb, args.grace_seconds)
+        policy = CompactionPolicy.from_env(args.target_mb, args.grace_seconds, args.retention_days)
         result = compact(args.sink, args.checkpoint, policy, owner=_who())
     except (SinkBusy, FileNotFoundError, SinkLayoutError, ValueError) as err:
         print(f"compaction of {args.sink}: {err}", flush=True)

@@ -17,6 +17,7 @@ A sink folder is a Parquet dataset of batch files and, once compacted, range fil
 
     <sink>/part-<batch_id>.parquet          one micro-batch's rows (ids are 12 digits)
     <sink>/part-<first>-<last>.parquet      the rows of batches first..last, merged by compaction
+    <sink>/_expired-before-<batch_id>       a retention tombstone: every batch before it expired
     <sink>/.part-...tmp                     a file being written; hidden, so no reader sees it
     <sink>/_streamops/
         maintenance.json  the lease of a compaction, restore or rotation (see `compaction.py`)
@@ -26,6 +27,11 @@ The reader contract (`live_files`): the batch ranges of a sink's files are neste
 never partly overlapping. A file whose range lies inside another file's range is *superseded*
 (compaction leaves the files it merged in place for a grace period, so that reads already under
 way finish). Reading the files no other file supersedes gives every batch exactly once.
+
+A retention tombstone (an empty file; its `_` prefix hides it from plain directory readers) takes
+part in the rule as the range `0..<batch_id> - 1` with no rows: the files it covers are expired,
+superseded like merged files, and deleted after the same grace period. Retention thus hides whole
+files, oldest first, in one step, and a reader sees every batch from the tombstone on exactly once.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ STOP_REQUEST = "stop-request"
 #: snapshot leaves them out, and a restore or rotation keeps the live ones.
 CONTROL_FILES = (LEASE_FILE, STATUS_FILE, STOP_REQUEST)
 SINK_FILE_PATTERN = re.compile(r"^part-(\d{12})(?:-(\d{12}))?\.parquet$")
+TOMBSTONE_PATTERN = re.compile(r"^_expired-before-(\d{12})$")
 SINK_HISTORY_FILE = "sink.json"
 MAINTENANCE_LEASE_FILE = "maintenance.json"
 
@@ -59,6 +66,11 @@ def sink_file_name(first: int, last: int | None = None) -> str:
     return f"part-{first:012d}-{last:012d}.parquet"
 
 
+def tombstone_name(first_kept: int) -> str:
+    """The retention tombstone that expires every batch before `first_kept`."""
+    return f"_expired-before-{first_kept:012d}"
+
+
 @dataclass(frozen=True)
 class SinkFile:
     """One Parquet file of a sink: the batches it holds, and what the listing said of it."""
@@ -68,16 +80,20 @@ class SinkFile:
     path: str
     size: int = 0
     mtime_ns: int = 0
+    #: A retention tombstone: it holds no rows, and expires the batches of its range.
+    tombstone: bool = False
 
     @property
     def name(self) -> str:
-        """`part-<first>.parquet` or `part-<first>-<last>.parquet`."""
+        """`part-<first>.parquet`, `part-<first>-<last>.parquet` or `_expired-before-<id>`."""
+        if self.tombstone:
+            return tombstone_name(self.last + 1)
         return sink_file_name(self.first, self.last)
 
     @property
     def is_range(self) -> bool:
         """Whether compaction wrote it (it may hold several batches)."""
-        return self.last > self.first
+        return self.last > self.first and not self.tombstone
 
     def holds(self, other: SinkFile) -> bool:
         """Whether `other`'s batches all lie in this file's range."""
@@ -88,7 +104,10 @@ class SinkFile:
         """The sink file a name denotes, or None for any other name."""
         match = SINK_FILE_PATTERN.match(name)
         if match is None:
-            return None
+            expired = TOMBSTONE_PATTERN.match(name)
+            if expired is None or int(expired.group(1)) == 0:
+                return None
+            return cls(0, int(expired.group(1)) - 1, path, size, mtime_ns, tombstone=True)
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) else first
         return cls(first, last, path, size, mtime_ns) if last >= first else None
@@ -98,8 +117,14 @@ class SinkLayoutError(ValueError):
     """Two files of a sink hold partly overlapping batch ranges: not a sink this code wrote."""
 
 
+def _batch_order(f: SinkFile) -> tuple[int, int, bool]:
+    """By first batch, the wider range first, a tombstone before a file of the same range."""
+    return (f.first, -f.last, not f.tombstone)
+
+
 def list_sink_files(sink: Location) -> list[SinkFile]:
-    """Every batch and range file of a sink, by first batch id (empty when there is no sink)."""
+    """Every batch and range file and tombstone of a sink, by first batch id (empty when there
+    is no sink)."""
     found = []
     for info in sink.list():
         if info.type != pafs.FileType.File:
@@ -107,17 +132,27 @@ def list_sink_files(sink: Location) -> list[SinkFile]:
         parsed = SinkFile.parse(info.base_name, info.path, info.size or 0, info.mtime_ns or 0)
         if parsed is not None:
             found.append(parsed)
-    return sorted(found, key=lambda f: (f.first, -f.last))
+    return sorted(found, key=_batch_order)
 
 
 def live_files(files: list[SinkFile]) -> list[SinkFile]:
-    """The reader contract: the files no other file supersedes, in batch order.
+    """The reader contract: the files no other file (or tombstone) supersedes, in batch order.
 
     Raises `SinkLayoutError` when two ranges partly overlap (some batch could not be read from
     exactly one file).
     """
+    return [f for f in _outermost(files) if not f.tombstone]
+
+
+def expired_before(files: list[SinkFile]) -> int:
+    """The first batch retention keeps: every batch before it expired (0 when none did)."""
+    return max((f.last + 1 for f in files if f.tombstone), default=0)
+
+
+def _outermost(files: list[SinkFile]) -> list[SinkFile]:
+    """The files and tombstones no other one holds, in batch order."""
     live: list[SinkFile] = []
-    for f in sorted(files, key=lambda f: (f.first, -f.last)):
+    for f in sorted(files, key=_batch_order):
         if live and f.first <= live[-1].last:
             if f.last <= live[-1].last:
                 continue  # superseded by the live file that holds it
@@ -131,11 +166,11 @@ def live_files(files: list[SinkFile]) -> list[SinkFile]:
 
 
 def superseded_files(files: list[SinkFile]) -> list[tuple[SinkFile, SinkFile]]:
-    """Each superseded file with the live file that holds it."""
-    live = live_files(files)
+    """Each superseded file (or tombstone) with the live file or tombstone that holds it."""
+    live = _outermost(files)
     result = []
     i = 0
-    for f in sorted(files, key=lambda f: (f.first, -f.last)):
+    for f in sorted(files, key=_batch_order):
         while i < len(live) and live[i].last < f.first:
             i += 1
         if i < len(live) and live[i] is not f and live[i].holds(f):
@@ -266,6 +301,10 @@ class SinkLayout:
     def live(self) -> list[SinkFile]:
         """The files a reader reads (`live_files`)."""
         return live_files(self.files())
+
+    def tombstone(self, first_kept: int) -> Location:
+        """The retention tombstone that expires every batch before `first_kept`."""
+        return self.root.child(tombstone_name(first_kept))
 
     @property
     def history_file(self) -> Location:

@@ -165,8 +165,11 @@ def compact_stream(
     if record is None:
         return {"stream": stream, "skipped": "no longer registered"}
     grace = None if grace_minutes is None else grace_minutes * 60
+    retention = record.params.get("sink_retention_days")
     try:
-        policy = CompactionPolicy.from_env(target_mb, grace)
+        if retention is not None and not isinstance(retention, int | float):
+            raise ValueError(f"sink_retention_days {retention!r} is not a number of days")
+        policy = CompactionPolicy.from_env(target_mb, grace, retention)
         result = compact(record.sink, record.checkpoint, policy, owner=owner, progress=print)
     except SinkBusy as busy:
         print(f"stream {stream}: not compacted this time: {busy}")
@@ -181,5 +184,7 @@ def compact_stream(
         "bytes_in": result.bytes_in,
         "bytes_out": result.bytes_out,
         "deleted": result.deleted,
+        "expired": result.expired,
+        "expired_before": result.expired_before,
         "through_batch_id": result.through_batch_id,
     }

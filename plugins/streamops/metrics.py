@@ -29,6 +29,8 @@ Names follow Prometheus conventions: `streamops_` prefix, base units in the name
 | `streamops_sink_size_bytes` | gauge | bytes of those files |
 | `streamops_sink_rows` | gauge | rows a reader reads (each batch once) |
 | `streamops_sink_last_compaction_timestamp_seconds` | gauge | the last compaction's time |
+| `streamops_sink_retention_seconds` | gauge | the sink's age limit (absent: kept forever) |
+| `streamops_sink_expired_before_batch` | gauge | every batch before this one expired |
 | `streamops_quality_success` | gauge | 1 when the newest validation of the sink passed |
 | `streamops_quality_last_validation_timestamp_seconds` | gauge | when it ran |
 | `streamops_overview_problems` | gauge | files that could not be read (0 when all is readable) |
@@ -238,6 +240,22 @@ class OverviewCollector(Collector):
             lambda s: (
                 _timestamp(s.sink_files.last_compaction) if s.sink_files.last_compaction else None
             ),
+        )
+        yield _gauge(
+            "streamops_sink_retention_seconds",
+            "The age limit of the stream's sink data, as the last compaction applied it.",
+            streams,
+            lambda s: (
+                s.sink_files.retention_days * 86400
+                if s.sink_files.retention_days is not None
+                else None
+            ),
+        )
+        yield _gauge(
+            "streamops_sink_expired_before_batch",
+            "Every batch of the stream's sink before this one expired (0: none did).",
+            streams,
+            lambda s: s.sink_files.expired_before,
         )
         yield _gauge(
             "streamops_quality_success",

@@ -119,6 +119,8 @@ class SinkInfo:
     size_bytes: int | None
     rows: int | None
     last_compaction: str | None
+    retention_days: float | None = None  # the age limit applied (None: kept forever)
+    expired_before: int = 0  # every batch before this one expired
 
 
 @dataclass(frozen=True)
@@ -452,7 +454,13 @@ def sink_info(sink: str, problems: list[str], use_cache: bool = True) -> SinkInf
             problems.append(f"sink {sink}: cannot list or read it ({err})")
             return SinkInfo(None, None, None, None, None)
         return SinkInfo(
-            stats.files, stats.live_files, stats.bytes, stats.rows, stats.last_compaction
+            stats.files,
+            stats.live_files,
+            stats.bytes,
+            stats.rows,
+            stats.last_compaction,
+            stats.retention_days,
+            stats.expired_before,
         )
 
     return _cached("sink", sink, compute) if use_cache else compute()

@@ -71,6 +71,14 @@ def stream_params(job: str) -> dict[str, Param]:
             description="empty: one per core of the Spark cluster; a running stream keeps the "
             "number its checkpoint started with (rotate to change it)",
         ),
+        "sink_retention_days": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            title="Sink retention (days)",
+            description="sink_compaction expires sink batches older than this, whole files at a "
+            "time; empty: $STREAMOPS_SINK_RETENTION_DAYS, or keep them forever",
+        ),
         "console": Param(
             False,
             type="boolean",

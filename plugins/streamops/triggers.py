@@ -49,7 +49,9 @@ def newest_sink_files(root: str) -> dict[str, dict[str, int]]:
         if files:
             marks[record.stream] = {
                 "batch_id": max(f.last for f in files),
-                "mtime_ns": max((f.mtime_ns for f in files if not f.is_range), default=0),
+                "mtime_ns": max(
+                    (f.mtime_ns for f in files if not f.is_range and not f.tombstone), default=0
+                ),
             }
     return marks
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,12 +57,14 @@ KEEP = CompactionPolicy(grace_seconds=3600)
 NOW = CompactionPolicy(grace_seconds=0)
 
 
-def write_batches(sink: Path, ids: range) -> None:
+def write_batches(
+    sink: Path, ids: range, batch_time: Callable[[int], datetime] = lambda _i: T0
+) -> None:
     """Batch i holds two rows: `w<i % 7>` counted 1 and `x<i % 5>` counted i + 1."""
     writer = ParquetBatchSink(str(sink), WORD_COUNT_SCHEMA)
     for i in ids:
         rows = pa.table({"word": [f"w{i % 7}", f"x{i % 5}"], "count": [1, i + 1]})
-        writer.write(i, with_batch_columns(rows, i, T0))
+        writer.write(i, with_batch_columns(rows, i, batch_time(i)))
 
 
 def commit_through(checkpoint: Path, last: int) -> None:
@@ -104,6 +106,14 @@ def test_the_reader_contract_takes_each_batch_from_one_file() -> None:
     assert SinkFile.parse("part-000000000002-000000000009.parquet", "p") == SinkFile(2, 9, "p")
     assert SinkFile.parse("part-000000000009-000000000002.parquet", "p") is None
     assert SinkFile.parse("part-000000000002.parquet.abc.tmp", "p") is None
+    # A retention tombstone expires every batch before it, and is never read itself
+    tombstone = SinkFile.parse("_expired-before-000000000004", "t")
+    assert tombstone == SinkFile(0, 3, "t", tombstone=True)
+    assert tombstone.name == "_expired-before-000000000004"
+    assert [(f.first, f.last) for f in live_files([*files, tombstone])] == [(0, 5), (6, 6)]
+    assert [(f.first, f.last) for f in live_files([*files[:6], tombstone])] == [(4, 4), (5, 5)]
+    one = SinkFile.parse("_expired-before-000000000001", "t")
+    assert [(f.first, f.tombstone) for f in live_files([sf(0, 0), one, sf(1, 1)])] == [(1, False)]
 
 
 def test_compaction_merges_committed_batches_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -191,6 +201,99 @@ def test_truncation_cuts_a_compacted_file_at_the_restored_batch(tmp_path: Path) 
     history = SinkHistory.read(SinkLayout.of(str(sink)))
     assert history.truncations[-1]["after"] == 4
     assert history.truncations[-1]["reason"] == "restore"
+
+
+HOUR = 3600.0
+
+
+def hours_ago(ages: dict[int, float]) -> Callable[[int], datetime]:
+    now = datetime.now(UTC)
+    return lambda i: now - timedelta(hours=ages[i])
+
+
+def test_retention_expires_the_oldest_files_whole_and_a_restore_below_it_lowers_it(
+    tmp_path: Path,
+) -> None:
+    # Given 10 committed batches, batch i written 10 - i hours ago
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(10), hours_ago({i: 10 - i for i in range(10)}))
+    commit_through(checkpoint, 9)
+    # When it is compacted with an age limit of 3.5 hours
+    policy = CompactionPolicy(grace_seconds=HOUR, retention_seconds=3.5 * HOUR)
+    result = compact(str(sink), str(checkpoint), policy)
+    # Then batches 0..6 (4 hours old or more) expired in one step, the rest was merged
+    assert (result.expired, result.expired_before) == (7, 7)
+    assert "expired 7 files (kept batches from 7)" in result.summary()
+    assert (sink / "_expired-before-000000000007").exists()
+    assert [Path(p).name for p in sink_files(str(sink))] == [
+        "part-000000000007-000000000009.parquet"
+    ]
+    assert rows_per_batch(read_pandas(sink_files(str(sink)))) == dict.fromkeys([7, 8, 9], 2)
+    # And the expired files stay for reads under way, then go; the tombstone stays
+    assert (sink / sink_file_name(0)).exists()
+    layout = SinkLayout.of(str(sink))
+    history = SinkHistory.read(layout)
+    assert history.retention is not None
+    assert history.retention["max_age_days"] == 3.5 / 24
+    assert history.retention["expired_before"] == 7
+    later = compact(str(sink), str(checkpoint), CompactionPolicy(0, 0, 3.5 * HOUR))
+    assert later.deleted == 10  # batches 0..9: seven expired, three merged
+    assert sorted(p.name for p in sink.iterdir() if not p.name.startswith("_streamops")) == [
+        "_expired-before-000000000007",
+        "part-000000000007-000000000009.parquet",
+    ]
+    stats = sink_stats(str(sink), rows_cache={})
+    assert (stats.files, stats.live_files, stats.rows) == (1, 1, 6)
+    assert (stats.retention_days, stats.expired_before) == (3.5 / 24, 7)
+    # And a plain directory reader does not trip over the tombstone
+    assert pa.parquet.read_table(str(sink)).num_rows == 6  # type: ignore[attr-defined]
+
+    # When a restore goes back to batch 3, before the first batch kept
+    removed = truncate(layout, 3, owner="test", reason="restore")
+    # Then only batches up to 3 stay expired: the recomputed batches 4.. are read again
+    assert removed == [7]
+    assert [p.name for p in sink.glob("_expired-*")] == ["_expired-before-000000000004"]
+    assert sink_files(str(sink)) == []
+    write_batches(sink, range(4, 6))
+    assert rows_per_batch(read_pandas(sink_files(str(sink)))) == {4: 2, 5: 2}
+
+
+def test_retention_keeps_the_newest_file_so_batch_ids_go_on(tmp_path: Path) -> None:
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(3), hours_ago(dict.fromkeys(range(3), 240.0)))
+    commit_through(checkpoint, 2)
+    result = compact(str(sink), str(checkpoint), CompactionPolicy(0, 0, 24 * HOUR))
+    assert (result.expired, result.expired_before) == (2, 2)
+    assert [Path(p).name for p in sink_files(str(sink))] == [sink_file_name(2)]
+    assert ParquetBatchSink(str(sink), WORD_COUNT_SCHEMA).last_batch_id() == 2
+    # And retention off by default: nothing expires
+    write_batches(sink, range(3, 5), hours_ago(dict.fromkeys(range(3, 5), 240.0)))
+    commit_through(checkpoint, 4)
+    assert compact(str(sink), str(checkpoint), NOW).expired == 0
+
+
+def test_a_compacted_file_spans_at_most_a_day_and_only_the_newest_one_grows(
+    tmp_path: Path,
+) -> None:
+    # Given batches 10 hours apart
+    sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
+    write_batches(sink, range(5), hours_ago({i: 50 - 10 * i for i in range(6)}))
+    commit_through(checkpoint, 4)
+    first = compact(str(sink), str(checkpoint), KEEP)
+    # Then a file ends before a batch more than a day after its oldest one
+    assert [f.name for f in first.written] == [
+        "part-000000000000-000000000002.parquet",
+        "part-000000000003-000000000004.parquet",
+    ]
+    # And a next run grows the newest compacted file only: the closed one is not rewritten
+    closed = sink / "part-000000000000-000000000002.parquet"
+    before = closed.stat().st_mtime_ns
+    write_batches(sink, range(5, 6), hours_ago({5: 0.0}))
+    commit_through(checkpoint, 5)
+    second = compact(str(sink), str(checkpoint), KEEP)
+    assert [f.name for f in second.written] == ["part-000000000003-000000000005.parquet"]
+    assert closed.stat().st_mtime_ns == before
+    assert rows_per_batch(read_pandas(sink_files(str(sink)))) == dict.fromkeys(range(6), 2)
 
 
 def test_a_sink_being_maintained_is_refused_with_its_holder(tmp_path: Path) -> None:

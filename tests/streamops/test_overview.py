@@ -10,13 +10,16 @@ import json
 import os
 import socket
 from dataclasses import asdict, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
+from spark_jobs.compaction import CompactionPolicy, compact
 from spark_jobs.layout import CheckpointLayout, Generation
 from spark_jobs.lease import LeaseHolder, process_started
+from spark_jobs.sinks import WORD_COUNT_SCHEMA, ParquetBatchSink, with_batch_columns
 from spark_jobs.status import write_status
 from streamops import registry
 from streamops.health import Breach, HealthThresholds
@@ -385,3 +388,33 @@ def test_the_overview_and_the_cli_say_where_batch_time_goes(data_root: Path) -> 
     table = status_table(one)
     assert "batch time by phase, last / median of 3 batches (ms): latestOffset 5/5" in table
     assert "addBatch 2000/1200, addBatch.result 1900/1100" in table
+
+
+def test_the_sink_shows_its_files_rows_last_compaction_and_retention(data_root: Path) -> None:
+    # Given the running stream's sink: batches 40 and 41 of last year, 42 of now, all committed
+    record = registry.load("word_count", str(data_root))
+    assert record is not None
+    sink = ParquetBatchSink(record.sink, WORD_COUNT_SCHEMA)
+    now = datetime.now(UTC)
+    for batch_id, when in (
+        (40, now - timedelta(days=365)),
+        (41, now - timedelta(days=300)),
+        (42, now),
+    ):
+        sink.write(
+            batch_id,
+            with_batch_columns(pa.table({"word": ["a", "b"], "count": [1, 2]}), batch_id, when),
+        )
+    commits = Path(record.checkpoint) / "commits"
+    commits.mkdir()
+    for spark_batch_id in range(3):
+        (commits / str(spark_batch_id)).write_text("v1\n{}\n")
+    # When the stream's sink is compacted with a 30-day age limit
+    compact(record.sink, record.checkpoint, CompactionPolicy(retention_seconds=30 * 86400))
+    # Then the overview shows the files (expired ones in their grace period too), the rows a
+    # reader reads, and the retention
+    words = overview(str(data_root), now=NOW, thresholds=HealthThresholds(), use_cache=False)
+    info = words.streams[1].sink_files
+    assert (info.files, info.live_files, info.rows) == (3, 1, 2)
+    assert (info.retention_days, info.expired_before) == (30.0, 42)
+    assert info.last_compaction is not None
