@@ -29,7 +29,9 @@ both checkpoints were rotated, and the pair is skipped when only one was.
 
 from __future__ import annotations
 
+import bisect
 import io
+import itertools
 import json
 import posixpath
 from collections.abc import Sequence
@@ -45,17 +47,20 @@ from expectations import suites
 from expectations.results import quality_dir
 from expectations.suites import ReconcilePair
 from expectations.validate import (
+    Failure,
     QualityRunner,
     Report,
     SavedState,
     StreamSink,
     format_batches,
+    merge_failures,
     part_files,
     read_rows,
     read_schemas,
     to_pandas,
+    with_element_count,
 )
-from spark_jobs.layout import CheckpointLayout, Generation
+from spark_jobs.layout import CheckpointLayout, Generation, expired_before, list_sink_files
 from spark_jobs.storage import Location
 
 
@@ -149,7 +154,8 @@ def reconciliation_view(
     """One row per word and common point where either sink has rows for the word.
 
     `base` (`word, cumulative_count, running_total`) is where each word stood at the point
-    before `points`, when the rows given are only those after it (an incremental run).
+    before `points`, when the rows given are only those after it (an incremental run, or a chunk
+    of a run); the view is then the part of a whole run's view at `points`.
 
     Columns: `point` (index in `points`), `word_count_batch`, `running_total_batch`, `word`,
     `cumulative_count` (the word's counts summed over word_count batches up to the point),
@@ -211,6 +217,16 @@ def reconciliation_view(
     merged["running_total"] = by_word["total"].ffill().fillna(0)
     merged = merged.astype({"cumulative_count": "int64", "running_total": "int64"})
     merged["difference"] = merged["cumulative_count"] - merged["running_total"]
+    if base is not None and len(base):
+        # The base only sets where words start: like a whole run, the view has a word at a point
+        # only where either sink has rows for it.
+        seen = pd.concat(
+            [
+                segment(word_counts[["batch_id", "word"]], wc_bounds),
+                segment(running_totals[["batch_id", "word"]], rt_bounds),
+            ]
+        )[["word", "point"]].drop_duplicates()
+        merged = merged.merge(seen, on=["word", "point"], how="inner").reset_index(drop=True)
     merged["word_count_batch"] = wc_bounds[merged["point"].to_numpy()]
     merged["running_total_batch"] = rt_bounds[merged["point"].to_numpy()]
     return merged[columns]
@@ -303,12 +319,14 @@ def empty_standing(pair: str) -> Standing:
 
 
 def read_sink(
-    target: StreamSink, contract: suites.SinkContract, after: int = -1
+    target: StreamSink, contract: suites.SinkContract, after: int = -1, through: int | None = None
 ) -> tuple[pd.DataFrame, list[int]]:
-    """The batch id, word and value columns of the batches after `after` in every file with the
-    contract's schema, and the batch ids read."""
+    """The batch id, word and value columns of the batches after `after` (through `through`) in
+    every file with the contract's schema, and the batch ids read."""
     sink = Location.of(target.sink)
-    files = [f for f in part_files(sink) if f.last > after]
+    files = [
+        f for f in part_files(sink) if f.last > after and (through is None or f.first <= through)
+    ]
     schemas = read_schemas(sink, files)
     good = [
         f for f, s in zip(files, schemas, strict=True) if suites.schema_matches(s.schema, contract)
@@ -319,8 +337,53 @@ def read_sink(
         contract.schema,
         ["batch_id", "word", contract.value_column],
         from_batch=after + 1,
+        before_batch=None if through is None else through + 1,
     )
     return to_pandas(table).drop(columns=["file_batch_id"]), sorted(rows_per_batch)
+
+
+class RowsThrough:
+    """About how many rows a sink holds from its first batch through a given one (footers only:
+    a compacted row group counts at its last batch)."""
+
+    def __init__(self, target: StreamSink, after: int) -> None:
+        sink = Location.of(target.sink)
+        files = [f for f in part_files(sink) if f.last > after]
+        groups = sorted(
+            (last, rows) for s in read_schemas(sink, files) for _, last, rows in s.row_groups
+        )
+        self.lasts = [last for last, _ in groups]
+        self.cumulative = list(itertools.accumulate((rows for _, rows in groups), initial=0))
+
+    def __call__(self, batch_id: int) -> int:
+        return self.cumulative[bisect.bisect_right(self.lasts, batch_id)]
+
+
+def point_groups(
+    points: Sequence[CommonPoint],
+    after: tuple[int, int],
+    rows: tuple[RowsThrough, RowsThrough],
+    chunk_rows: int,
+) -> list[list[CommonPoint]]:
+    """Consecutive common points whose batches, after the previous group's, hold about
+    `chunk_rows` rows in both sinks together (one point with more is a group of its own)."""
+    word_count, running_total = rows
+
+    def upto(wc_batch: int, rt_batch: int) -> int:
+        return word_count(wc_batch) + running_total(rt_batch)
+
+    groups: list[list[CommonPoint]] = []
+    current: list[CommonPoint] = []
+    base = upto(*after)
+    for point in points:
+        if current and upto(point.word_count_batch, point.running_total_batch) - base > chunk_rows:
+            groups.append(current)
+            base = upto(current[-1].word_count_batch, current[-1].running_total_batch)
+            current = []
+        current.append(point)
+    if current:
+        groups.append(current)
+    return groups
 
 
 @dataclass
@@ -467,41 +530,125 @@ def reconcile_pair(
         if standing is None:
             start = 0
             report.notes.append("no saved standing at the last point: reading both sinks whole")
+    expired = None if standing is not None else _expired_sinks(pair, word_count, running_total)
+    if expired:
+        report.checked = expired
+        runner.defer(report)
+        return report
     base = standing or empty_standing(pair.name)
     wc_after, rt_after = base.point
-    wc_rows, wc_files = read_sink(word_count, wc_contract, after=wc_after)
-    rt_rows, rt_files = read_sink(running_total, suites.RUNNING_TOTAL, after=rt_after)
-    report.notes += lost_batch_notes(pair.word_count, alignment.word_count, wc_files, wc_after)
-    report.notes += lost_batch_notes(
-        pair.running_total, alignment.running_total, rt_files, rt_after
+    todo = points[start:]
+    # A group of points at a time, so that memory stays bounded however much there is to read
+    groups = (
+        point_groups(
+            todo,
+            base.point,
+            (RowsThrough(word_count, wc_after), RowsThrough(running_total, rt_after)),
+            runner.config.chunk_rows,
+        )
+        if todo
+        else [[]]
     )
+    base, wc_read, rt_read = _reconcile_groups(
+        runner,
+        pair,
+        (word_count, running_total),
+        wc_contract,
+        groups=groups,
+        base=base,
+        report=report,
+    )
+    report.notes += lost_batch_notes(pair.word_count, alignment.word_count, wc_read, wc_after)
+    report.notes += lost_batch_notes(pair.running_total, alignment.running_total, rt_read, rt_after)
     pending = alignment.pending()
     if pending:
         report.notes.append(pending)
 
     last = points[-1]
-    report.batches = [p.word_count_batch for p in points[start:]]
+    report.batches = [p.word_count_batch for p in todo]
     report.checked = (
         f"{alignment.describe()}; common points through word_count batch "
         f"{last.word_count_batch} / running_total batch {last.running_total_batch}, "
         f"{len(points) - start} new"
+        + (f", reconciled in {len(groups)} chunks" if len(groups) > 1 else "")
     )
-    states: list[SavedState] = []
-    if start < len(points):
-        view = reconciliation_view(wc_rows, rt_rows, points[start:], base.words)
-        report.rows = len(view)
-        ok, failures = runner.validate_view(
-            suites.reconcile_suite(pair.name),
-            view,
-            ["word_count_batch", "running_total_batch", "word"],
-            "word and point rows",
-        )
-        report.checks["reconcile"] = ok
-        report.failures += failures
-        states.append(base.advance(view, last))
+    states: list[SavedState] = [base] if todo else []
     runner.defer(
         report,
         *states,
         ReconcileState(pair.name, last.word_count_batch, last.running_total_batch, runner.run),
     )
     return report
+
+
+def _reconcile_groups(
+    runner: QualityRunner,
+    pair: ReconcilePair,
+    targets: tuple[StreamSink, StreamSink],
+    wc_contract: suites.SinkContract,
+    *,
+    groups: list[list[CommonPoint]],
+    base: Standing,
+    report: Report,
+) -> tuple[Standing, list[int], list[int]]:
+    """Validate each group of points, reading only its batches; the standing after the last,
+    and the batch ids read from each sink."""
+    word_count, running_total = targets
+    wc_read: list[int] = []
+    rt_read: list[int] = []
+    failures: list[Failure] = []
+    for number, group in enumerate(groups):
+        # The last group reads on to the end: batches after the last point are "not yet"
+        final = number == len(groups) - 1
+        wc_rows, wc_files = read_sink(
+            word_count,
+            wc_contract,
+            after=base.point[0],
+            through=None if final else group[-1].word_count_batch,
+        )
+        rt_rows, rt_files = read_sink(
+            running_total,
+            suites.RUNNING_TOTAL,
+            after=base.point[1],
+            through=None if final else group[-1].running_total_batch,
+        )
+        wc_read += wc_files
+        rt_read += rt_files
+        if not group:
+            continue
+        view = reconciliation_view(wc_rows, rt_rows, group, base.words)
+        report.rows = (report.rows or 0) + len(view)
+        ok, found = runner.validate_view(
+            suites.reconcile_suite(pair.name),
+            view,
+            ["word_count_batch", "running_total_batch", "word"],
+            "word and point rows",
+            part=(
+                None
+                if len(groups) == 1
+                else f"points {group[0].word_count_batch}-{group[-1].word_count_batch}"
+            ),
+        )
+        report.checks["reconcile"] = report.checks.get("reconcile", True) and ok
+        failures = merge_failures(failures, found, runner.config.sample_values)
+        base = base.advance(view, group[-1])
+        del wc_rows, rt_rows, view
+    report.failures += with_element_count(failures, report.rows or 0)
+    return base, wc_read, rt_read
+
+
+def _expired_sinks(pair: ReconcilePair, word_count: StreamSink, running_total: StreamSink) -> str:
+    """Why a run that reads both sinks whole cannot reconcile them: batches that retention
+    expired (empty when none did)."""
+    expired = {
+        name: expired_before(list_sink_files(Location.of(target.sink)))
+        for name, target in ((pair.word_count, word_count), (pair.running_total, running_total))
+    }
+    if not any(expired.values()):
+        return ""
+    return (
+        "not reconciled: sink retention expired batches of "
+        + ", ".join(f"{n} (before batch {b})" for n, b in expired.items() if b)
+        + ", and no saved standing lets a run resume after them (a first run, a restore, "
+        "a rotation or revalidate_all reads both sinks whole); see docs/quality.md"
+    )

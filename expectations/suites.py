@@ -164,6 +164,7 @@ class QualityConfig:
     sample_values: int = 5
     max_rows_to_locate: int = 1_000_000
     keep_results_per_check: int = 100
+    chunk_rows: int = 1_000_000
 
     def thresholds(self, stream: str, job: str) -> Thresholds:
         """A stream's thresholds: its job's, with the stream's own overrides applied."""
@@ -223,6 +224,7 @@ class QualityConfig:
                 source,
                 1,
             ),
+            chunk_rows=_whole(raw.get("chunk_rows", 1_000_000), "chunk_rows", source, 1),
         )
 
 
@@ -384,11 +386,13 @@ def freshness_suite(stream: str, max_age_seconds: float) -> gx.ExpectationSuite:
 
 @dataclass(frozen=True)
 class PartFileSchema:
-    """The Arrow schema found in one part file."""
+    """The Arrow schema found in one part file, and its rows by row group."""
 
     batch_id: int
     file: str
     schema: pa.Schema
+    #: (first batch id, last batch id, rows) of each row group, in file order.
+    row_groups: tuple[tuple[int, int, int], ...] = ()
 
 
 def schema_view(files: Iterable[PartFileSchema], contract: SinkContract) -> pd.DataFrame:

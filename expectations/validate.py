@@ -25,10 +25,11 @@ Sinks are only read, never written: a quality failure cannot stop or change a st
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -234,19 +235,119 @@ def format_batches(ids: Iterable[int], limit: int = MAX_BATCHES_LISTED) -> str:
 
 
 def read_schemas(sink: Location, files: Sequence[PartFile]) -> list[suites.PartFileSchema]:
-    """The Arrow schema of each file (footers only)."""
+    """The Arrow schema and row groups of each file (footers only)."""
 
     def one(f: PartFile) -> suites.PartFileSchema:
         try:
-            schema = pq.read_schema(f.path, filesystem=sink.filesystem)
+            with sink.filesystem.open_input_file(f.path) as handle:
+                parquet = pq.ParquetFile(handle)
+                schema = parquet.schema_arrow
+                groups = _row_groups(f, parquet.metadata)
         except (OSError, pa.ArrowInvalid) as err:
             # An unreadable file fails the schema suite (every column "<missing>").
             log.warning("cannot read the footer of %s: %s", f.path, err)
-            schema = pa.schema([])
-        return suites.PartFileSchema(f.first, f.name, schema)
+            schema, groups = pa.schema([]), ()
+        return suites.PartFileSchema(f.first, f.name, schema, groups)
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         return list(pool.map(one, files))
+
+
+def _row_groups(f: PartFile, metadata: pq.FileMetaData) -> tuple[tuple[int, int, int], ...]:
+    """(first batch id, last batch id, rows) of each row group of a file, from its statistics."""
+    if not f.is_range:
+        return ((f.first, f.last, metadata.num_rows),)
+    names = metadata.schema.names
+    column = names.index("batch_id") if "batch_id" in names else None
+    groups = []
+    for i in range(metadata.num_row_groups):
+        group = metadata.row_group(i)
+        first, last = f.first, f.last
+        stats = group.column(column).statistics if column is not None else None
+        if stats is not None and stats.has_min_max:
+            first, last = int(cast("int", stats.min)), int(cast("int", stats.max))
+        groups.append((first, last, group.num_rows))
+    return tuple(groups)
+
+
+def batch_chunks(
+    schemas: Sequence[suites.PartFileSchema], chunk_rows: int, start: int | None = None
+) -> list[tuple[int | None, int | None]]:
+    """Batch-id ranges `[from, before)` of about `chunk_rows` rows each, covering the files.
+
+    A range ends only between batches (never inside one, even across row groups), so the first
+    starts at `start` and the last is open-ended: rows with an unexpected batch id are still read.
+    """
+    groups = sorted(
+        (g for s in schemas for g in s.row_groups if start is None or g[1] >= start),
+        key=lambda g: (g[0], g[1]),
+    )
+    cuts: list[int] = []
+    rows, reach = 0, None
+    for first, last, count in groups:
+        if rows >= chunk_rows and reach is not None and first > reach:
+            cuts.append(first)
+            rows = 0
+        rows += count
+        reach = last if reach is None else max(reach, last)
+    bounds: list[int | None] = [start, *cuts, None]
+    return list(itertools.pairwise(bounds))
+
+
+def chunked(
+    files: Sequence[PartFile],
+    schemas: Sequence[suites.PartFileSchema],
+    chunk_rows: int,
+    start: int | None = None,
+) -> Iterator[tuple[int | None, int | None, list[PartFile]]]:
+    """Each chunk of `batch_chunks` with the files that hold its batches."""
+    for first, before in batch_chunks(schemas, chunk_rows, start):
+        part = [
+            f
+            for f in files
+            if (first is None or f.last >= first) and (before is None or f.first < before)
+        ]
+        yield first, before, part
+
+
+def merge_failures(found: list[Failure], more: list[Failure], samples: int) -> list[Failure]:
+    """The failures of one check over several chunks: one per expectation, counts added up.
+
+    Each failure's `element_count` is then that of the chunks that failed; the caller sets the
+    whole run's (`with_element_count`)."""
+    merged = list(found)
+    for failure in more:
+        key = (failure.expectation, json.dumps(failure.arguments, sort_keys=True, default=str))
+        same = next(
+            (
+                f
+                for f in merged
+                if (f.expectation, json.dumps(f.arguments, sort_keys=True, default=str)) == key
+            ),
+            None,
+        )
+        if same is None:
+            merged.append(failure)
+            continue
+        same.unexpected_count = _add(same.unexpected_count, failure.unexpected_count)
+        same.element_count = _add(same.element_count, failure.element_count)
+        same.batches = sorted(set(same.batches) | set(failure.batches))
+        same.batches_complete = same.batches_complete and failure.batches_complete
+        same.samples = (same.samples + failure.samples)[:samples]
+        same.observed = same.observed or failure.observed
+    return merged
+
+
+def with_element_count(failures: list[Failure], rows: int) -> list[Failure]:
+    """Failures of chunks whose views held `rows` rows in all, counted against all of them."""
+    for failure in failures:
+        if failure.element_count is not None:
+            failure.element_count = rows
+    return failures
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
 
 
 def read_rows(
@@ -263,7 +364,8 @@ def read_rows(
     `file_batch_id` is the batch a row's file holds: its batch id for a micro-batch file; for a
     compacted file, the row's `batch_id` when the file's range holds it, else the range's nearer
     end (so a row in the wrong file is seen). Compacted files keep only the rows of batches in
-    `[from_batch, before_batch)`; a micro-batch file is read whole.
+    `[from_batch, before_batch)`, and only their row groups that may hold such rows are read; a
+    micro-batch file is read whole.
     """
     import pyarrow.compute as pc
 
@@ -275,23 +377,28 @@ def read_rows(
         ), rows_per_batch
     by_path = {f.path: f for f in files}
     read = names if "batch_id" in names else [*names, "batch_id"]
-    dataset = ds.dataset(
-        [f.path for f in files], schema=schema, format="parquet", filesystem=sink.filesystem
-    )
+    wanted = None
+    if from_batch is not None:
+        wanted = ds.field("batch_id") >= from_batch
+    if before_batch is not None:
+        below = ds.field("batch_id") < before_batch
+        wanted = below if wanted is None else wanted & below
+
+    def scan(group: list[PartFile], compacted: bool) -> Iterable[ds.TaggedRecordBatch]:
+        dataset = ds.dataset(
+            [f.path for f in group], schema=schema, format="parquet", filesystem=sink.filesystem
+        )
+        # The filter skips row groups whose batch_id statistics lie outside the range.
+        return dataset.scanner(columns=read, filter=wanted if compacted else None).scan_batches()
+
     chunks: list[pa.RecordBatch] = []
     origin: list[pa.Array[Any]] = []
-    for tagged in dataset.scanner(columns=read).scan_batches():
+    # Consecutive files of one kind are scanned together, in file order.
+    scans = [scan(list(g), k) for k, g in itertools.groupby(files, key=lambda f: f.is_range)]
+    for tagged in itertools.chain.from_iterable(scans):
         f = by_path[cast("ds.FileFragment", tagged.fragment).path]
         chunk = tagged.record_batch
         if f.is_range:
-            if from_batch is not None or before_batch is not None:
-                ids = chunk.column("batch_id")
-                keep = pc.is_valid(ids)
-                if from_batch is not None:
-                    keep = pc.and_(keep, pc.greater_equal(ids, pa.scalar(from_batch, pa.int64())))
-                if before_batch is not None:
-                    keep = pc.and_(keep, pc.less(ids, pa.scalar(before_batch, pa.int64())))
-                chunk = chunk.filter(keep)
             ids = chunk.column("batch_id")
             held = pc.min_element_wise(
                 pc.max_element_wise(ids, pa.scalar(f.first, pa.int64())),
@@ -493,10 +600,12 @@ class QualityRunner:
         frame: pd.DataFrame,
         index_columns: Sequence[str],
         unit: str = "rows",
+        part: str | None = None,
     ) -> tuple[bool, list[Failure]]:
         """Validate one view with one suite, store the result for Data Docs, return failures.
 
-        `index_columns` identify a row in messages; the first one is the batch id.
+        `index_columns` identify a row in messages; the first one is the batch id. `part` names
+        the chunk of a run that validates its rows in several (each its own Data Docs result).
         """
         import great_expectations as gx
         from great_expectations.core.run_identifier import RunIdentifier
@@ -514,7 +623,10 @@ class QualityRunner:
                 "unexpected_index_column_names": list(index_columns),
                 "partial_unexpected_count": max(self.config.sample_values, 20),
             },
-            run_id=RunIdentifier(run_name=_safe(self.run), run_time=self.now),
+            run_id=RunIdentifier(
+                run_name=_safe(self.run if part is None else f"{self.run} {part}"),
+                run_time=self.now,
+            ),
         )
         failures = self._failures(result, batch_definition, frame, index_columns, unit)
         return bool(result.success), failures
@@ -636,21 +748,19 @@ class QualityRunner:
                     f"{len(plan.files) - len(good)} file(s) with another schema were not "
                     "row-checked (see the schema failures)"
                 )
-            table, rows_per_batch = read_rows(
-                sink, good, contract.schema, from_batch=plan.start_batch_id
-            )
-            report.batches = sorted(set(report.batches) | set(rows_per_batch))
-            rows = to_pandas(table)
-            report.rows = len(rows)
             previous: dict[str, int] = {}
             if contract is suites.RUNNING_TOTAL:
                 previous = self._previous_totals(target, sink, files, plan=plan, state=state)
-            view = suites.rows_view(rows, contract, previous)
-            ok, failures = self.validate_view(
-                suites.rows_suite(target.stream, contract), view, ["file_batch_id", "word"]
+            good_schemas = [s for s in schemas if suites.schema_matches(s.schema, contract)]
+            rows_per_batch, previous = self._validate_rows(
+                target,
+                sink,
+                contract,
+                (good, good_schemas),
+                start=plan.start_batch_id,
+                previous=previous,
+                report=report,
             )
-            report.checks["rows"] = ok
-            report.failures += failures
             ok, failures = self.validate_view(
                 suites.volume_suite(target.stream, thresholds),
                 suites.volume_view(rows_per_batch),
@@ -660,7 +770,7 @@ class QualityRunner:
             report.checks["volume"] = ok
             report.failures += failures
             if contract is suites.RUNNING_TOTAL:
-                totals = suites.latest_totals(view, previous)
+                totals = previous
 
         self._check_freshness(target, sink, files, thresholds, report)
 
@@ -679,6 +789,54 @@ class QualityRunner:
             states.append(TotalsSnapshot(target.stream, totals, files[-1].last))
         self.defer(report, *states, new_state)
         return report
+
+    def _validate_rows(
+        self,
+        target: StreamSink,
+        sink: Location,
+        contract: suites.SinkContract,
+        good: tuple[list[PartFile], list[suites.PartFileSchema]],
+        *,
+        start: int | None,
+        previous: dict[str, int],
+        report: Report,
+    ) -> tuple[dict[int, int], dict[str, int]]:
+        """Validate the rows of `good` files from batch `start` on, a chunk of whole batches at a
+        time so that memory stays bounded at any size; return rows per batch and (running_total)
+        each word's latest total."""
+        chunks = list(chunked(*good, self.config.chunk_rows, start))
+        rows_per_batch: dict[int, int] = {}
+        report.rows = 0
+        report.checks["rows"] = True
+        failures: list[Failure] = []
+        for first, before, part in chunks:
+            table, counts = read_rows(
+                sink, part, contract.schema, from_batch=first, before_batch=before
+            )
+            for batch_id, count in counts.items():
+                rows_per_batch[batch_id] = rows_per_batch.get(batch_id, 0) + count
+            rows = to_pandas(table)
+            del table
+            report.rows += len(rows)
+            view = suites.rows_view(rows, contract, previous)
+            ok, found = self.validate_view(
+                suites.rows_suite(target.stream, contract),
+                view,
+                ["file_batch_id", "word"],
+                part=None if len(chunks) == 1 else f"batches {first}-{before}",
+            )
+            report.checks["rows"] &= ok
+            failures = merge_failures(failures, found, self.config.sample_values)
+            if contract is suites.RUNNING_TOTAL:
+                previous = suites.latest_totals(view, previous)
+            del rows, view
+        if len(chunks) > 1:
+            log.info(
+                "stream %s: validated %d rows in %d chunks", target.stream, report.rows, len(chunks)
+            )
+        report.failures += with_element_count(failures, report.rows)
+        report.batches = sorted(set(report.batches) | set(rows_per_batch))
+        return rows_per_batch, previous
 
     def _previous_totals(
         self,
@@ -700,18 +858,25 @@ class QualityRunner:
         schemas = read_schemas(sink, earlier)
         contract = suites.RUNNING_TOTAL
         readable = [
-            f
+            (f, s)
             for f, s in zip(earlier, schemas, strict=True)
             if suites.schema_matches(s.schema, contract)
         ]
-        table, _ = read_rows(
-            sink,
-            readable,
-            contract.schema,
-            ["batch_id", "word", "total"],
-            before_batch=plan.start_batch_id,
-        )
-        return suites.latest_totals(to_pandas(table))
+        totals: dict[str, int] = {}
+        for first, before, part in chunked(
+            [f for f, _ in readable], [s for _, s in readable], self.config.chunk_rows
+        ):
+            end = plan.start_batch_id if before is None else min(before, plan.start_batch_id)
+            table, _ = read_rows(
+                sink,
+                part,
+                contract.schema,
+                ["batch_id", "word", "total"],
+                from_batch=first,
+                before_batch=end,
+            )
+            totals = suites.latest_totals(to_pandas(table), totals)
+        return totals
 
     def _check_freshness(
         self,

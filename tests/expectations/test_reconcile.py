@@ -3,6 +3,7 @@ missing in either sink is caught, naming the words and batches."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ from expectations import suites
 from expectations.reconcile import align, reconcile_pair
 from expectations.suites import QualityConfig, ReconcilePair
 from expectations.validate import QualityRunner, Report, StreamSink
-from spark_jobs.layout import sink_file_name
+from spark_jobs.layout import sink_file_name, tombstone_name
 from spark_jobs.sinks import RUNNING_TOTAL_SCHEMA, WORD_COUNT_SCHEMA
 from tests.expectations.conftest import RealSinks, rewrite_part
 
@@ -64,6 +65,13 @@ def test_jobs_that_batch_alike_reconcile_batch_by_batch(
     assert again.batches == []
     assert again.checks == {}
     assert reconcile(tmp_path / "root", wc, rt, revalidate_all=True).batches == [0, 1, 2, 3, 4, 5]
+    # And once retention expired word_count's first batches, a run that would read both sinks
+    # whole says why it cannot, instead of failing on sums that lack the expired batches
+    (wc / tombstone_name(2)).touch()
+    whole = reconcile(tmp_path / "root", wc, rt, revalidate_all=True)
+    assert whole.checked.startswith("not reconciled: sink retention expired batches of wc ")
+    assert "(before batch 2)" in whole.checked
+    assert whole.checks == {}
 
 
 def test_jobs_that_batch_differently_reconcile_where_both_caught_up(
@@ -243,3 +251,33 @@ def test_streams_that_read_the_same_input_are_paired_beside_the_configured_pairs
         ReconcilePair("wc_b", "rt_b1"),
         ReconcilePair("wc_b", "rt_b2"),
     ]
+
+
+def test_a_run_in_chunks_of_one_point_agrees_with_one_chunk(
+    real_sinks: RealSinks, tmp_path: Path
+) -> None:
+    # Given both sinks, word_count's batch 2 counted twice
+    wc, rt = copies(real_sinks, tmp_path)
+    count_batch_twice(wc, 2)
+    # When they are reconciled whole, and a point at a time (chunks of one row)
+    whole = reconcile(tmp_path / "whole", wc, rt)
+    runner = QualityRunner(str(tmp_path / "chunked"), replace(CONFIG, chunk_rows=1), run="test")
+    chunked = reconcile_pair(
+        runner,
+        PAIR,
+        StreamSink("wc", "word_count", str(wc), str(wc.parent / "checkpoint")),
+        StreamSink("rt", "running_total", str(rt), str(rt.parent / "checkpoint")),
+    )
+    runner.commit()
+    # Then both find the same failure at the same points, and stand at the same place
+    assert chunked.checked.endswith("6 new, reconciled in 6 chunks"), chunked.checked
+    assert not whole.success
+
+    def found(report: Report) -> list[tuple[object, ...]]:
+        return [
+            (f.expectation, f.unexpected_count, f.element_count, f.batches) for f in report.failures
+        ]
+
+    assert found(chunked) == found(whole)
+    assert (chunked.rows, chunked.batches) == (whole.rows, whole.batches)
+    pd.testing.assert_frame_equal(standing(tmp_path / "chunked"), standing(tmp_path / "whole"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from expectations.validate import (
     Report,
     StreamSink,
     ValidationState,
+    batch_chunks,
     load_totals,
 )
 from spark_jobs.layout import sink_file_name
@@ -375,3 +376,51 @@ def test_a_rewritten_batch_is_validated_again_from_that_batch_on(
         "expect_column_values_to_be_between",  # total >= 1
         "expect_column_values_to_be_in_set",  # total_not_decreasing
     }
+
+
+def test_batch_chunks_end_between_batches_only() -> None:
+    # Given a compacted file whose two row groups share batch 4, then two batch files
+    schema = pa.schema([])
+    files = [
+        suites.PartFileSchema(0, "part-0-9", schema, ((0, 4, 50), (4, 9, 50))),
+        suites.PartFileSchema(10, "part-10", schema, ((10, 10, 5),)),
+        suites.PartFileSchema(11, "part-11", schema, ((11, 11, 5),)),
+    ]
+    # Then chunks of 40 rows cannot cut inside batch 4, and the last chunk is open-ended
+    assert batch_chunks(files, 40) == [(None, 10), (10, None)]
+    assert batch_chunks(files, 5) == [(None, 10), (10, 11), (11, None)]
+    assert batch_chunks(files, 1000) == [(None, None)]
+    # And a chunked run from a watermark starts there
+    assert batch_chunks(files, 5, start=10) == [(10, 11), (11, None)]
+
+
+@pytest.mark.parametrize("job", ["word_count", "running_total"])
+def test_a_run_in_chunks_of_one_batch_finds_what_one_chunk_finds(
+    real_sinks: RealSinks, tmp_path: Path, job: str
+) -> None:
+    # Given a sink with a defect in batch 3 (running_total: a total that decreases, which only
+    # the totals carried from the chunk before can see)
+    sink = tmp_path / "sink"
+    copy_batches(real_sinks.sink(job), sink, range(6))
+    column = "count" if job == "word_count" else "total"
+    rewrite_part(sink, 3, where_word("spark", column, -1 if job == "word_count" else 1))
+    # When it is validated whole, and in chunks of one row (so one batch per chunk)
+    whole = validate(tmp_path / "whole", sink, job, revalidate_all=True)
+    chunked = validate(
+        tmp_path / "chunked", sink, job, config=replace(CONFIG, chunk_rows=1), revalidate_all=True
+    )
+    # Then both find the same failures, on the same rows and batches
+    assert not whole.success
+    assert [f.describe() for f in chunked.failures] == [f.describe() for f in whole.failures]
+    assert [f.batches for f in whole.failures] == [[3]] * len(whole.failures)
+    assert (chunked.rows, chunked.batches, chunked.checks) == (
+        whole.rows,
+        whole.batches,
+        whole.checks,
+    )
+    if job == "running_total":
+        for root in ("whole", "chunked"):
+            assert load_totals(str(tmp_path / root), job, 5) is not None
+        assert load_totals(str(tmp_path / "chunked"), job, 5) == load_totals(
+            str(tmp_path / "whole"), job, 5
+        )
