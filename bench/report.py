@@ -9,7 +9,8 @@ One run measures, on this machine and in this order:
    query and both jobs on one corpus with `--available-now` (capacity on a backlog), then a rate
    sweep of the bare query and both jobs as live streams with a 1-second trigger
    (`bench/streaming.py`): the highest input rate each keeps up with.
-2. Latency: both jobs at half their sustainable rate, 1 s and 0 s triggers, after a warm-up:
+2. Latency: both jobs at half their sustainable rate, 1 s and 0 s triggers (quick mode: word_count
+   at 1 s only), after a warm-up:
    p50, p95, p99 and max from a file's arrival in the input folder to its batch in the sink.
 3. State scaling (`bench/state_scaling.py`): running_total with 1e4, 1e5 and 1e6 distinct words
    on RocksDB with and without changelog checkpointing and on the HDFS-backed store.
@@ -84,6 +85,7 @@ class Mode:
     step_seconds: float
     warmup_seconds: float
     latency_jobs: tuple[str, ...]
+    latency_triggers: tuple[float, ...]  # seconds
     latency_warmup: float
     latency_seconds: float
     state_sizes: tuple[int, ...]
@@ -106,10 +108,11 @@ MODES = {
         files=8,
         sweep_start=0.25,
         sweep_factor=2.0,
-        sweep_steps=3,
+        sweep_steps=2,
         step_seconds=2.0,
         warmup_seconds=2.0,
         latency_jobs=("word_count",),
+        latency_triggers=(1.0,),
         latency_warmup=2.0,
         latency_seconds=3.0,
         state_sizes=(10_000,),
@@ -136,6 +139,7 @@ MODES = {
         step_seconds=6.0,
         warmup_seconds=6.0,
         latency_jobs=("word_count", "running_total"),
+        latency_triggers=(1.0, 0.0),
         latency_warmup=6.0,
         latency_seconds=20.0,
         state_sizes=(10_000, 100_000, 1_000_000),
@@ -280,7 +284,7 @@ def run_latency(ctx: Context, tp: ThroughputResult) -> list[streaming.Latency]:
     for name in ctx.mode.latency_jobs:
         sustainable = tp.sweeps[name].sustainable or tp.sweeps[name].steps[0].rate
         rate = sustainable / 2
-        for trigger in (1.0, 0.0):
+        for trigger in ctx.mode.latency_triggers:
             progress(f"latency: {name}, {trigger:.0f} s trigger, {rate:,.0f} words/s")
             run = ctx.work / "latency" / f"{name}-{trigger:.0f}s"
             run.mkdir(parents=True)

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SPARK_LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
 KEEP = CompactionPolicy(grace_seconds=3600)
 NOW = CompactionPolicy(grace_seconds=0)
 
@@ -443,6 +444,8 @@ def test_readers_see_each_batch_once_while_a_large_sink_is_compacted(
     sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
     write_batches(sink, range(batches))
     readers = documented_readers(spark)
+    # Spark lists a long list of files from the driver, as docs/sinks.md advises
+    spark.conf.set(SPARK_LISTING_THRESHOLD, "100000")
     loops = ReaderLoops(readers, sink, Counter({i: 2 for i in range(batches)}))
     steps = []
     try:
@@ -459,6 +462,7 @@ def test_readers_see_each_batch_once_while_a_large_sink_is_compacted(
         loops.wait_for_reads_started_after(time.monotonic())
     finally:
         loops.stop()
+        spark.conf.unset(SPARK_LISTING_THRESHOLD)
     assert not loops.wrong, loops.wrong
     # Each reader read during the compaction (reads are (started, seconds, files))
     assert all(runs[0][0] < compacted for runs in loops.reads.values())

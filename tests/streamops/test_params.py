@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from airflow.sdk import Param
 from airflow.sdk.exceptions import ParamValidationError
@@ -36,6 +38,8 @@ def validate(name: str, value: object, job: str = "word_count") -> object:
         ("socket_port", 0),
         ("socket_host", "evil host;"),
         ("window", "-5 seconds"),
+        ("sink_retention_days", 0),
+        ("sink_retention_days", "a week"),
     ],
 )
 def test_trigger_form_refuses(name: str, value: object) -> None:
@@ -54,6 +58,9 @@ def test_trigger_form_refuses(name: str, value: object) -> None:
         ("max_files_per_trigger", None),
         ("window", "30 seconds"),
         ("input", None),
+        ("sink_retention_days", None),
+        ("sink_retention_days", 0.5),
+        ("sink_retention_days", 30),
     ],
 )
 def test_trigger_form_accepts(name: str, value: object) -> None:
@@ -120,3 +127,44 @@ def test_the_job_accepts_the_arguments_the_operator_builds(tmp_path: object) -> 
         "/d/streams/rt/sink",
         True,
     )
+
+
+def test_sink_compaction_applies_the_retention_the_stream_was_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+
+    from spark_jobs.sinks import WORD_COUNT_SCHEMA, ParquetBatchSink, with_batch_columns
+    from streamops import registry
+    from streamops.lifecycle import compact_stream
+
+    # Given a stream started with a 7-day sink retention, whose first two batches are older
+    monkeypatch.setenv("STREAMOPS_DATA_ROOT", str(tmp_path))
+    monkeypatch.delenv("STREAMOPS_SINK_RETENTION_DAYS", raising=False)
+    sink, checkpoint = tmp_path / "sink", tmp_path / "checkpoint"
+    now = datetime.now(UTC)
+    for batch_id, age in enumerate((30, 10, 1)):
+        rows = pa.table({"word": ["a"], "count": [1]})
+        ParquetBatchSink(str(sink), WORD_COUNT_SCHEMA).write(
+            batch_id, with_batch_columns(rows, batch_id, now - timedelta(days=age))
+        )
+        (checkpoint / "commits").mkdir(parents=True, exist_ok=True)
+        (checkpoint / "commits" / str(batch_id)).write_text("v1\n{}\n")
+    registry.save(
+        registry.StreamRecord(
+            stream="words",
+            job="word_count",
+            checkpoint=str(checkpoint),
+            sink=str(sink),
+            input=str(tmp_path / "input"),
+            trigger_interval="1 second",
+            params={"stream": "words", "sink_retention_days": 7},
+        )
+    )
+    # When the sink_compaction task compacts it
+    result = compact_stream("words", owner="test")
+    # Then the two old batches expired, the newest stayed
+    assert (result["expired"], result["expired_before"]) == (2, 2)
+    assert (sink / "_expired-before-000000000002").exists()
