@@ -10,7 +10,8 @@ For each stream, a run:
    makes the run re-check from that batch on. A compacted file holds batches already checked
    and is not new: only its batches above the watermark are read. `revalidate_all` checks
    everything.
-2. validates them with the stream's suites (`suites.py`) on pandas views, through a Great
+2. validates them with the stream's suites (`suites.py`) on pandas views, a chunk of whole
+   batches of about `chunk_rows` rows at a time (`batch_chunks`), through a Great
    Expectations file context whose Data Docs live in `<data root>/_streamops/quality/data_docs/`
    (or `$STREAMOPS_QUALITY_DOCS_DIR` when the data root is not a local folder);
 3. appends a summary to `<data root>/_streamops/quality/history.jsonl` and moves the watermark
