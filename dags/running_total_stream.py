@@ -26,9 +26,9 @@ task's log. Paths are relative to the data root.
 
 Sink: Parquet, one file per micro-batch, columns `batch_id, batch_time, word, total`,
 one row per word whose total changed in that batch, merged hourly by `sink_compaction`; read it
-with `spark_jobs.sinks.sink_files(SINK)` (`docs/sinks.md`). *Sink retention* (off by default)
-expires batches older than that many days: a word not seen since then has no total left in the
-sink (the stream's state still has it, and its next total is exact).
+with `spark_jobs.sinks.sink_files(SINK)` (`docs/sinks.md`). It keeps every batch (no sink
+retention): it is the record of every word's total, and a checkpoint rotation carries the totals
+on from it.
 """
 
 from __future__ import annotations

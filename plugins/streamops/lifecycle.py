@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Literal
 
@@ -170,6 +170,10 @@ def compact_stream(
         if retention is not None and not isinstance(retention, int | float):
             raise ValueError(f"sink_retention_days {retention!r} is not a number of days")
         policy = CompactionPolicy.from_env(target_mb, grace, retention)
+        if record.job == "running_total" and policy.retention_seconds is not None:
+            # Its sink is the record of every word's total: a rotation carries totals from it.
+            print(f"stream {stream}: a running_total sink keeps every batch (no retention)")
+            policy = replace(policy, retention_seconds=None)
         result = compact(record.sink, record.checkpoint, policy, owner=owner, progress=print)
     except SinkBusy as busy:
         print(f"stream {stream}: not compacted this time: {busy}")

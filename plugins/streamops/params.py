@@ -71,14 +71,6 @@ def stream_params(job: str) -> dict[str, Param]:
             description="empty: one per core of the Spark cluster; a running stream keeps the "
             "number its checkpoint started with (rotate to change it)",
         ),
-        "sink_retention_days": Param(
-            None,
-            type=["null", "number"],
-            exclusiveMinimum=0,
-            title="Sink retention (days)",
-            description="sink_compaction expires sink batches older than this, whole files at a "
-            "time; empty: $STREAMOPS_SINK_RETENTION_DAYS, or keep them forever",
-        ),
         "console": Param(
             False,
             type="boolean",
@@ -88,6 +80,16 @@ def stream_params(job: str) -> dict[str, Param]:
         ),
     }
     if job == "word_count":
+        # Not for running_total: its sink is the record of every word's total (a rotation
+        # carries the totals on from it), so none of it may expire.
+        params["sink_retention_days"] = Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            title="Sink retention (days)",
+            description="sink_compaction expires sink batches older than this, whole files at a "
+            "time; empty: $STREAMOPS_SINK_RETENTION_DAYS, or keep them forever",
+        )
         params["window"] = Param(
             None,
             type=["null", "string"],

@@ -168,3 +168,17 @@ def test_sink_compaction_applies_the_retention_the_stream_was_started_with(
     # Then the two old batches expired, the newest stayed
     assert (result["expired"], result["expired_before"]) == (2, 2)
     assert (sink / "_expired-before-000000000002").exists()
+
+    # And a running_total sink keeps every batch, even with a default retention for all streams
+    assert "sink_retention_days" not in stream_params("running_total")
+    record = registry.load("words")
+    assert record is not None
+    record.job = "running_total"
+    record.params = {"stream": "words"}
+    registry.save(record)
+    monkeypatch.setenv("STREAMOPS_SINK_RETENTION_DAYS", "0.5")
+    (checkpoint / "commits" / "3").write_text("v1\n{}\n")
+    ParquetBatchSink(str(sink), WORD_COUNT_SCHEMA).write(
+        3, with_batch_columns(pa.table({"word": ["a"], "count": [1]}), 3, now)
+    )
+    assert compact_stream("words", owner="test")["expired"] == 0
