@@ -168,6 +168,13 @@ def check_page(port: int, token: str) -> None:
             )
             assert {name for name, _ in phases} == set(states), phases
             assert all("addBatch.result" in text for _, text in phases), phases
+            # And its sink's files, rows, last compaction and retention
+            sinks = frame.eval_on_selector_all(
+                "div[data-sink-details]",
+                "divs => divs.map(d => [d.dataset.sinkDetails, d.innerText])",
+            )
+            assert {name for name, _ in sinks} == set(states), sinks
+            assert all("retention: kept forever" in text for _, text in sinks), sinks
             width = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
             for where, (scroll, client) in (
                 ("the Airflow UI", page.evaluate(width)),
