@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from spark_jobs.running_total import running_totals
-from spark_jobs.tokenizer import tokenize
+from spark_jobs.tokenizer import SEPARATORS, tokenize, words_of
 from spark_jobs.word_count import count_words
 
 pytestmark = pytest.mark.spark
@@ -40,6 +41,47 @@ def words(spark: SparkSession, line: str, normalize: bool = False) -> list[str]:
 )
 def test_default_tokenizer(spark: SparkSession, line: str, expected: list[str]) -> None:
     assert words(spark, line) == expected
+
+
+# Unicode White_Space (Java's (?U)\s) that is not a control character, and the three extras.
+WHITE_SPACE_OUTSIDE_CC = [0x20, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F]
+SEPARATOR_POINTS = {
+    *range(0x00, 0x20),  # \p{Cc}
+    *range(0x7F, 0xA0),  # \p{Cc}
+    *WHITE_SPACE_OUTSIDE_CC,
+    0x205F,
+    0x3000,
+    0xFFFD,
+    0xFEFF,
+    0x200B,
+}
+
+
+def test_found_words_are_the_split_words_on_every_code_point(spark: SparkSession) -> None:
+    # Given every Unicode scalar value, each between two letters, 4096 to a line
+    points = [p for p in range(0x110000) if not 0xD800 <= p <= 0xDFFF]
+    lines = spark.createDataFrame(
+        [
+            ("x" + "x".join(chr(p) for p in points[i : i + 4096]) + "x",)
+            for i in range(0, len(points), 4096)
+        ],
+        "value string",
+    )
+    # When the words are found (the jobs' form) and split out (splitting on the separators and
+    # dropping empty strings, the definition)
+    compared = lines.select(
+        words_of(F.col("value")).alias("found"),
+        F.filter(F.split("value", SEPARATORS), lambda t: t != "").alias("split"),
+    )
+    # Then both give the same words on every line, and exactly the documented code points
+    # separate words: each one adds a word to its line
+    assert compared.where("found != split").count() == 0
+    separators = compared.select(F.sum(F.size("found") - 1)).first()[0]
+    assert separators == len(SEPARATOR_POINTS)
+    between = spark.createDataFrame([(f"a{chr(p)}b",) for p in SEPARATOR_POINTS], "value string")
+    assert {
+        tuple(r.words) for r in between.select(words_of(F.col("value")).alias("words")).collect()
+    } == {("a", "b")}
 
 
 # Bytes as the file source reads them: every kind of malformed UTF-8 separates words, and every
