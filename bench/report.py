@@ -13,7 +13,8 @@ One run measures, on this machine and in this order:
    at 1 s only), after a warm-up:
    p50, p95, p99 and max from a file's arrival in the input folder to its batch in the sink.
 3. State scaling (`bench/state_scaling.py`): running_total with 1e4, 1e5 and 1e6 distinct words
-   on RocksDB with and without changelog checkpointing and on the HDFS-backed store.
+   on RocksDB with and without changelog checkpointing and on the HDFS-backed store (quick
+   mode: the jobs' default store only).
 4. Operations: DAG parse time (`bench/control_plane.py`), rotation downtime, snapshot and
    restore (`bench/checkpoints.py`), Great Expectations validation time against sink size
    (`bench/quality.py`).
@@ -91,6 +92,7 @@ class Mode:
     state_sizes: tuple[int, ...]
     state_batches: int
     state_updates: int
+    state_stores: int  # how many of state_scaling.CONFIGS, the jobs' default first
     parse_repeat: int
     rotation_batches: int
     quality_sizes: tuple[int, ...]
@@ -118,6 +120,7 @@ MODES = {
         state_sizes=(10_000,),
         state_batches=2,
         state_updates=5_000,
+        state_stores=1,
         parse_repeat=1,
         rotation_batches=5,
         quality_sizes=(10_000,),
@@ -145,6 +148,7 @@ MODES = {
         state_sizes=(10_000, 100_000, 1_000_000),
         state_batches=6,
         state_updates=50_000,
+        state_stores=len(CONFIGS),
         parse_repeat=3,
         rotation_batches=200,
         quality_sizes=(100_000, 1_000_000),
@@ -308,7 +312,7 @@ def run_state(ctx: Context) -> list[StateRun]:
     """Section 3: running_total's state stores against state size."""
     results = []
     for distinct in ctx.mode.state_sizes:
-        for config in CONFIGS:
+        for config in CONFIGS[: ctx.mode.state_stores]:
             progress(f"state: {config.name}, {distinct:,} distinct words")
             run = ctx.work / "state" / f"{distinct}-{config.store}-{len(config.conf)}"
             run.mkdir(parents=True)
