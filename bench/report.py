@@ -35,6 +35,7 @@ import pickle
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,6 +165,28 @@ MODES = {
 # --- run bookkeeping -------------------------------------------------------------------------
 
 
+def code_version() -> str:
+    """The commit measured, and whether the work tree differed from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" with uncommitted changes" if changed else "")
+
+
 @dataclass
 class Context:
     """What every section shares: the mode, folders, environment and the load record."""
@@ -173,6 +196,7 @@ class Context:
     plots: Path
     env: dict[str, str]
     loads: list[tuple[str, float]] = field(default_factory=list)
+    code: str = field(default_factory=code_version)  # the code measured
 
     def note_load(self, where: str) -> None:
         """Record the 1-minute load average now."""
@@ -751,6 +775,7 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
             [
                 ["date (UTC)", datetime.now(UTC).strftime("%Y-%m-%d %H:%M")],
                 ["mode", ctx.mode.name],
+                ["code", ctx.code],
                 [
                     "machine",
                     f"{os.cpu_count()} cores, {platform.machine()}, "
@@ -1373,10 +1398,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         with (args.render / RESULTS_FILE).open("rb") as saved:
-            name, loads, wall, report = pickle.load(saved)
+            name, loads, wall, report, code = pickle.load(saved)
         out = args.out.resolve()
         (out / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
-        ctx = Context(MODES[name], args.render, out / PLOTS_DIR, {}, loads)
+        ctx = Context(MODES[name], args.render, out / PLOTS_DIR, {}, loads, code)
         return write_report(ctx, report, wall, args.render, keep=True)
     mode = MODES[args.mode]
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="streamops-report-"))).resolve()
@@ -1402,7 +1427,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - started
     # Keep the measurements: `--render` writes the report again from them without measuring.
     with (work / RESULTS_FILE).open("wb") as saved:
-        pickle.dump((ctx.mode.name, ctx.loads, wall, report), saved)
+        pickle.dump((ctx.mode.name, ctx.loads, wall, report, ctx.code), saved)
     return write_report(ctx, report, wall, work, keep=args.workdir is not None)
 
 

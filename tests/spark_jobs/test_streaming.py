@@ -72,6 +72,19 @@ def test_seed_text_gives_the_seed_output_across_a_restart(
         assert firsts.is_monotonic_increasing
 
 
+def test_normalize_counts_case_and_punctuation_variants_as_one_word(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # Given lines whose words differ only in case and edge punctuation
+    drop_file(tmp_path / "in", "1.txt", "Hello, hello HELLO!\n-- (spark) Spark\n")
+    # When both jobs run with --normalize
+    run_available_now(spark, word_count, [*argv(tmp_path, "wc"), "--normalize"])
+    run_available_now(spark, running_total, [*argv(tmp_path, "rt"), "--normalize"])
+    # Then each counts the normalized words, and the punctuation-only token is no word
+    assert rows(read_sink(tmp_path / "wc-sink"), "count") == {(0, "hello", 3), (0, "spark", 2)}
+    assert rows(read_sink(tmp_path / "rt-sink"), "total") == {(0, "hello", 3), (0, "spark", 2)}
+
+
 def test_status_file_reports_the_last_batch(spark: SparkSession, tmp_path: Path) -> None:
     drop_file(tmp_path / "in", "1.txt", SEED_FIRST)
     run_available_now(spark, running_total, argv(tmp_path, "rt"))
