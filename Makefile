@@ -46,7 +46,7 @@ bench: $(SYNCED)  ## the performance report: measure everything in one run, writ
 	$(BIN)/python bench/report.py --mode full
 
 BENCH_OUT ?= .cache/bench-quick
-bench-quick: $(SYNCED)  ## the same report on small inputs (3-5 min) into BENCH_OUT, not docs/
+bench-quick: $(SYNCED)  ## the same report on small inputs (about 10 min) into BENCH_OUT, not docs/
 	$(BIN)/python bench/report.py --mode quick --out $(BENCH_OUT)
 
 system-deps:  ## Debian packages the integration tests use (chromium, docker-compose, postgresql)

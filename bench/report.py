@@ -23,7 +23,7 @@ One run measures, on this machine and in this order:
 Only ratios within one run mean anything: the machine may be shared, so the report records the
 load average through the run and each throughput run's CPU use by other processes. The report is
 `<out>/performance.md` with its plots in `<out>/performance/`; `--mode full` writes into `docs/`
-unless `--out` says otherwise, `--mode quick` (small inputs, about three minutes) needs `--out`.
+unless `--out` says otherwise, `--mode quick` (small inputs, about ten minutes) needs `--out`.
 """
 
 from __future__ import annotations
@@ -1239,7 +1239,7 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
     add(
         "\n## Reproduce\n\n```bash\nmake bench                                   # this report "
         "(docs/performance.md)\n.venv/bin/python bench/report.py --mode quick --out /tmp/perf  "
-        "# small inputs, a few minutes\n```\n"
+        "# small inputs, about ten minutes\n```\n"
     )
     return "\n".join(parts)
 
