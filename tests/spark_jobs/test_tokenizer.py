@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from spark_jobs.running_total import running_totals
-from spark_jobs.tokenizer import SEPARATORS, tokenize, words_of
+from spark_jobs.tokenizer import PLAIN_LINE, SEPARATORS, tokenize, words_of
 from spark_jobs.word_count import count_words
 
 pytestmark = pytest.mark.spark
@@ -58,26 +58,34 @@ SEPARATOR_POINTS = {
 
 
 def test_found_words_are_the_split_words_on_every_code_point(spark: SparkSession) -> None:
-    # Given every Unicode scalar value, each between two letters, 4096 to a line
+    # Given every Unicode scalar value, each between two letters, 4096 to a line; then each ASCII
+    # code point alone between letters, and spaces at the edges and doubled (plain lines take
+    # their own path)
     points = [p for p in range(0x110000) if not 0xD800 <= p <= 0xDFFF]
+    mixed = [
+        "x" + "x".join(chr(p) for p in points[i : i + 4096]) + "x"
+        for i in range(0, len(points), 4096)
+    ]
+    ascii_ = [f"a{chr(p)}b" for p in range(0x80)] + [" a  b ", "", " ", "  ", "~ !"]
     lines = spark.createDataFrame(
-        [
-            ("x" + "x".join(chr(p) for p in points[i : i + 4096]) + "x",)
-            for i in range(0, len(points), 4096)
-        ],
-        "value string",
+        [(line, True) for line in mixed] + [(line, False) for line in ascii_],
+        "value string, mixed boolean",
     )
     # When the words are found (the jobs' form) and split out (splitting on the separators and
     # dropping empty strings, the definition)
     compared = lines.select(
+        "mixed",
+        F.col("value").rlike(PLAIN_LINE).alias("plain"),
         words_of(F.col("value")).alias("found"),
         F.filter(F.split("value", SEPARATORS), lambda t: t != "").alias("split"),
     )
     # Then both give the same words on every line, and exactly the documented code points
     # separate words: each one adds a word to its line
     assert compared.where("found != split").count() == 0
-    separators = compared.select(F.sum(F.size("found") - 1)).first()[0]
+    separators = compared.where("mixed").select(F.sum(F.size("found") - 1)).first()[0]
     assert separators == len(SEPARATOR_POINTS)
+    # and the plain lines are exactly those of printable ASCII
+    assert compared.where("plain").count() == (0x7F - 0x20) + 5
     between = spark.createDataFrame([(f"a{chr(p)}b",) for p in SEPARATOR_POINTS], "value string")
     assert {
         tuple(r.words) for r in between.select(words_of(F.col("value")).alias("words")).collect()
