@@ -167,21 +167,14 @@ MODES = {
 
 def code_version() -> str:
     """The commit measured, and whether the work tree differed from it."""
+
+    def git(*args: str) -> str:
+        found = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        return found.stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"commit {commit}" + (" with uncommitted changes" if changed else "")
@@ -405,11 +398,8 @@ def run_operations(ctx: Context) -> Operations:
 class Trial:
     """One setting of one job on the throughput corpus: its label and how to run it."""
 
-    setting: str
-    value: str
-    job: str
+    label: str
     command: Callable[[Path], list[str]]
-    env: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -430,7 +420,12 @@ class Comparison:
 
 
 def run_tuning(ctx: Context, tp: ThroughputResult) -> list[Comparison]:
-    """Section 5: each default against its alternatives on the throughput corpus."""
+    """Section 5: each default against its alternatives on the throughput corpus.
+
+    Each alternative runs right after its default, so both see the same machine: a default's
+    figure from the capacity step, measured minutes earlier, would carry the machine's drift
+    into every ratio.
+    """
     corpus = tp.corpus
     per_trigger = ["--max-files-per-trigger", "2"]
 
@@ -440,25 +435,34 @@ def run_tuning(ctx: Context, tp: ThroughputResult) -> list[Comparison]:
         shared = ["--input", str(corpus.folder), "--available-now", *extra]
         return lambda run: job_command(name, run, shared, conf)
 
-    def rate(trial: Trial) -> float:
-        """The trial's words/s (NaN, reported, when the run failed)."""
+    def rate(setting: str, name: str, value: str, command: Callable[[Path], list[str]]) -> float:
+        """The run's words/s (NaN, reported, when the run failed)."""
+        measurement = Measurement(f"{name} {setting}={value}")
+        run = ctx.work / "tuning" / f"{name}-{setting}-{value}".replace(" ", "_")
+        progress(f"tuning: {name}, {setting} = {value}")
+        query = SparkQuery(measurement.name, command, sink=True)
         try:
-            return measured(trial)
+            throughput.measure_spark(measurement, query, run, ctx.env)
         except BenchFailure as failure:
             progress(f"  FAILED, left out of the figures: {failure}")
             return math.nan
-
-    def measured(trial: Trial) -> float:
-        measurement = Measurement(f"{trial.job} {trial.setting}={trial.value}")
-        run = ctx.work / "tuning" / f"{trial.job}-{trial.setting}-{trial.value}".replace(" ", "_")
-        progress(f"tuning: {trial.job}, {trial.setting} = {trial.value}")
-        query = SparkQuery(measurement.name, trial.command, sink=True)
-        throughput.measure_spark(measurement, query, run, trial.env)
         return measurement.words_per_second(corpus.words)
 
+    def compare(setting: str, name: str, default: Trial, alternative: Trial) -> Comparison:
+        """The default, then the alternative, back to back."""
+        return Comparison(
+            setting,
+            name,
+            default.label,
+            alternative.label,
+            rate(setting, name, f"{default.label} (default)", default.command),
+            rate(setting, name, alternative.label, alternative.command),
+        )
+
     comparisons = []
-    default_parts = f"{DEFAULT_SHUFFLE_PARTITIONS} (one per core)"
-    rt_default = tp.capacity("running_total")  # default partitions, 2 files per trigger
+    rt_default = Trial(
+        f"{DEFAULT_SHUFFLE_PARTITIONS} (one per core)", job("running_total", per_trigger)
+    )
 
     def parts_label(parts: int) -> str:
         return f"{parts} (previous default)" if parts == PREVIOUS_SHUFFLE_PARTITIONS else str(parts)
@@ -466,47 +470,23 @@ def run_tuning(ctx: Context, tp: ThroughputResult) -> list[Comparison]:
     for parts in ctx.mode.partition_candidates:
         if parts == DEFAULT_SHUFFLE_PARTITIONS:
             continue
-        value = rate(
-            Trial(
-                "shuffle partitions",
-                str(parts),
-                "running_total",
-                job("running_total", [*per_trigger, "--shuffle-partitions", str(parts)]),
-                ctx.env,
-            )
+        alternative = Trial(
+            parts_label(parts),
+            job("running_total", [*per_trigger, "--shuffle-partitions", str(parts)]),
         )
-        comparisons.append(
-            Comparison(
-                "shuffle partitions",
-                "running_total",
-                default_parts,
-                parts_label(parts),
-                rt_default,
-                value,
-            )
-        )
+        comparisons.append(compare("shuffle partitions", "running_total", rt_default, alternative))
     if ctx.mode.other_trials:
         try:
-            comparisons += small_batch_partitions(ctx, default_parts, parts_label)
+            comparisons += small_batch_partitions(ctx, rt_default.label, parts_label)
         except BenchFailure as failure:
             progress(f"  FAILED, left out of the figures: {failure}")
-        comparisons += other_trials(ctx, tp, rate, job, per_trigger)
+        comparisons += other_trials(compare, job, per_trigger)
+    wc_default = Trial("2", job("word_count", per_trigger))
     for files in ctx.mode.files_per_trigger:
         extra = [] if files is None else ["--max-files-per-trigger", str(files)]
         label = "all new files" if files is None else str(files)
-        trial = Trial(
-            "max files per trigger", label, "word_count", job("word_count", extra), ctx.env
-        )
-        comparisons.append(
-            Comparison(
-                "max files per trigger",
-                "word_count",
-                "2",
-                label,
-                tp.capacity("word_count"),
-                rate(trial),
-            )
-        )
+        alternative = Trial(label, job("word_count", extra))
+        comparisons.append(compare("max files per trigger", "word_count", wc_default, alternative))
     ctx.note_load("tuning")
     return comparisons
 
@@ -554,58 +534,22 @@ def small_batch_partitions(
 
 
 def other_trials(
-    ctx: Context,
-    tp: ThroughputResult,
-    rate: Callable[[Trial], float],
+    compare: Callable[[str, str, Trial, Trial], Comparison],
     job: Callable[..., Callable[[Path], list[str]]],
     per_trigger: list[str],
 ) -> list[Comparison]:
     """The state store, changelog checkpointing and AQE trials (full mode)."""
-    rt_default = tp.capacity("running_total")
-    comparisons = []
-    hdfs = rate(
-        Trial(
-            "state store",
-            "hdfs",
-            "running_total",
-            job("running_total", [*per_trigger, "--state-store", "hdfs"]),
-            ctx.env,
-        )
-    )
-    comparisons.append(
-        Comparison("state store", "running_total", "rocksdb", "hdfs", rt_default, hdfs)
-    )
-    no_changelog = rate(
-        Trial(
-            "changelog checkpointing",
-            "false",
-            "running_total",
-            job("running_total", per_trigger, [(state_changelog(), "false")]),
-            ctx.env,
-        )
-    )
-    comparisons.append(
-        Comparison(
-            "RocksDB changelog checkpointing",
-            "running_total",
-            "on",
-            "off",
-            rt_default,
-            no_changelog,
-        )
-    )
-    wc_default = tp.capacity("word_count")
-    with_aqe = rate(
-        Trial(
-            "AQE",
-            "on",
-            "word_count",
-            job("word_count", per_trigger, [("spark.sql.adaptive.enabled", "true")]),
-            ctx.env,
-        )
-    )
-    comparisons.append(Comparison("AQE", "word_count", "off", "on", wc_default, with_aqe))
-    return comparisons
+    rt = "running_total"
+    hdfs = Trial("hdfs", job(rt, [*per_trigger, "--state-store", "hdfs"]))
+    no_changelog = Trial("off", job(rt, per_trigger, [(state_changelog(), "false")]))
+    with_aqe = Trial("on", job("word_count", per_trigger, [("spark.sql.adaptive.enabled", "true")]))
+    return [
+        compare("state store", rt, Trial("rocksdb", job(rt, per_trigger)), hdfs),
+        compare(
+            "RocksDB changelog checkpointing", rt, Trial("on", job(rt, per_trigger)), no_changelog
+        ),
+        compare("AQE", "word_count", Trial("off", job("word_count", per_trigger)), with_aqe),
+    ]
 
 
 def state_changelog() -> str:
@@ -1203,8 +1147,9 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
     add(
         "\n**Each default against its alternatives** on the throughput corpus (`--available-now`, "
         "2 files per micro-batch unless the setting is the batch size, where 2 is the baseline "
-        "and the jobs' own default is all new files), in the same run. `alternative / default` "
-        "above 1 means the alternative was faster.\n"
+        "and the jobs' own default is all new files), in the same run. Each alternative runs "
+        "right after its own run of the default, so both meet the same machine. "
+        "`alternative / default` above 1 means the alternative was faster.\n"
     )
     add(
         table(
