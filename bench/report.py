@@ -29,6 +29,7 @@ unless `--out` says otherwise, `--mode quick` (small inputs, about ten minutes) 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import pickle
@@ -428,6 +429,7 @@ def run_tuning(ctx: Context, tp: ThroughputResult) -> list[Comparison]:
     """
     corpus = tp.corpus
     per_trigger = ["--max-files-per-trigger", "2"]
+    numbers = itertools.count(1)
 
     def job(
         name: str, extra: Sequence[str] = (), conf: Sequence[tuple[str, str]] = ()
@@ -438,7 +440,8 @@ def run_tuning(ctx: Context, tp: ThroughputResult) -> list[Comparison]:
     def rate(setting: str, name: str, value: str, command: Callable[[Path], list[str]]) -> float:
         """The run's words/s (NaN, reported, when the run failed)."""
         measurement = Measurement(f"{name} {setting}={value}")
-        run = ctx.work / "tuning" / f"{name}-{setting}-{value}".replace(" ", "_")
+        label = f"{next(numbers):02d}-{name}-{setting}-{value}"  # a default runs more than once
+        run = ctx.work / "tuning" / label.replace(" ", "_")
         progress(f"tuning: {name}, {setting} = {value}")
         query = SparkQuery(measurement.name, command, sink=True)
         try:
@@ -455,7 +458,7 @@ def run_tuning(ctx: Context, tp: ThroughputResult) -> list[Comparison]:
             name,
             default.label,
             alternative.label,
-            rate(setting, name, f"{default.label} (default)", default.command),
+            rate(setting, name, f"{default.label} (baseline)", default.command),
             rate(setting, name, alternative.label, alternative.command),
         )
 
