@@ -152,7 +152,14 @@ def commit_times(checkpoint: Path) -> dict[int, float]:
     folder = checkpoint / "commits"
     if not folder.is_dir():
         return {}
-    return {int(p.name): p.stat().st_mtime for p in folder.iterdir() if p.name.isdigit()}
+    found = {}
+    for p in folder.iterdir():
+        if p.name.isdigit():
+            try:
+                found[int(p.name)] = p.stat().st_mtime
+            except FileNotFoundError:
+                continue  # Spark's log cleanup removed it between the listing and the stat
+    return found
 
 
 def sink_times(sink: Path) -> dict[int, float]:
