@@ -6,9 +6,10 @@
 One run measures, on this machine and in this order:
 
 1. Throughput (`bench/throughput.py`): the pyarrow single-process count, the bare seed-style
-   query and both jobs on one corpus with `--available-now` (capacity on a backlog), then a rate
-   sweep of the bare query and both jobs as live streams with a 1-second trigger
-   (`bench/streaming.py`): the highest input rate each keeps up with.
+   query, the naive Parquet-writing queries and both jobs on one corpus with `--available-now`
+   (capacity on a backlog), then rounds of a rate sweep of the same queries as live streams with
+   a 1-second trigger (`bench/streaming.py`): the highest input rate each keeps up with, the
+   median round counting.
 2. Latency: both jobs at half their sustainable rate, 1 s and 0 s triggers (quick mode: word_count
    at 1 s only), after a warm-up:
    p50, p95, p99 and max from a file's arrival in the input folder to its batch in the sink.
@@ -24,6 +25,8 @@ Only ratios within one run mean anything: the machine may be shared, so the repo
 load average through the run and each throughput run's CPU use by other processes. The report is
 `<out>/performance.md` with its plots in `<out>/performance/`; `--mode full` writes into `docs/`
 unless `--out` says otherwise, `--mode quick` (small inputs, about ten minutes) needs `--out`.
+Each finished section is saved in the work folder: a run that failed, started again with the same
+`--workdir`, measures only the sections it had not finished.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import streaming
 import throughput
@@ -85,6 +88,8 @@ class Mode:
     sweep_start: float  # first rate as a share of the query's available-now capacity
     sweep_factor: float
     sweep_steps: int
+    sweep_rounds: int  # sweeps of each query; the median round counts
+    sweep_lead_steps: int  # a later round starts this many steps below the median so far
     step_seconds: float
     warmup_seconds: float
     latency_jobs: tuple[str, ...]
@@ -113,6 +118,8 @@ MODES = {
         sweep_start=0.25,
         sweep_factor=2.0,
         sweep_steps=2,
+        sweep_rounds=1,
+        sweep_lead_steps=4,
         step_seconds=2.0,
         warmup_seconds=2.0,
         latency_jobs=("word_count",),
@@ -141,11 +148,17 @@ MODES = {
         # The sweep stops at a query's first step that falls behind; the bare query must fall
         # behind too, or every ratio against it is a bound (x1.15^39: 70 x its capacity).
         sweep_steps=40,
+        # A single sweep moves by one or two steps (x1.15-1.32) from run to run: three rounds,
+        # the later ones from 4 steps (x1.75) below the median so far, and the median counts.
+        sweep_rounds=3,
+        sweep_lead_steps=4,
         step_seconds=6.0,
         warmup_seconds=6.0,
         latency_jobs=("word_count", "running_total"),
         latency_triggers=(1.0, 0.0),
-        latency_warmup=6.0,
+        # The sweep reaches a query's limit after minutes in one JVM, and the latency run's
+        # rate comes from there: its fresh JVM warms up at that rate before it is measured.
+        latency_warmup=30.0,
         latency_seconds=20.0,
         state_sizes=(10_000, 100_000, 1_000_000),
         state_batches=6,
@@ -191,6 +204,7 @@ class Context:
     env: dict[str, str]
     loads: list[tuple[str, float]] = field(default_factory=list)
     code: str = field(default_factory=code_version)  # the code measured
+    section_wall: float = 0.0  # seconds the finished sections took
 
     def note_load(self, where: str) -> None:
         """Record the 1-minute load average now."""
@@ -232,59 +246,96 @@ def bare_command(run: Path, shared: Sequence[str]) -> list[str]:
 
 @dataclass
 class ThroughputResult:
-    """Capacity on a backlog and the sweep's sustainable rates."""
+    """Capacity on a backlog and the sweep's sustainable rates (every round of each query)."""
 
     corpus: throughput.Corpus
     measurements: dict[str, Measurement]
-    sweeps: dict[str, streaming.Sweep]
+    sweeps: dict[str, list[streaming.Sweep]]  # a query's rounds, in the order they ran
     problems: list[str]
 
     def capacity(self, name: str) -> float:
         """Words/s of a query on the backlog."""
         return self.measurements[name].words_per_second(self.corpus.words)
 
+    def sweep(self, name: str) -> streaming.Sweep:
+        """The query's median round (the lower middle one of an even count): what it sustains."""
+        rounds = sorted(self.sweeps[name], key=lambda found: found.sustainable)
+        return rounds[(len(rounds) - 1) // 2]
+
+    def median_sweeps(self) -> dict[str, streaming.Sweep]:
+        """Every query's median round, in sweep order."""
+        return {name: self.sweep(name) for name in self.sweeps}
+
+
+SWEEP_QUERIES = ("bare", "naive_wc", "naive_rt", "word_count", "running_total")
+
+
+def later_ladder(rates: list[float], found: list[float], lead: int) -> list[float]:
+    """A later round's rates: the ladder from `lead` steps below the median found so far.
+
+    The steps far below a query's limit tell nothing new once the first round has passed them;
+    starting a few steps below it keeps a later round's fresh JVM warming up below its limit.
+    """
+    target = statistics.median_low(found)
+    if target <= 0:
+        return rates
+    nearest = min(range(len(rates)), key=lambda i: abs(math.log(rates[i] / target)))
+    return rates[max(0, nearest - lead) :]
+
 
 def run_throughput(ctx: Context) -> ThroughputResult:
-    """Section 1: capacity (bench/throughput.py) and the live rate sweep."""
+    """Section 1: capacity (bench/throughput.py) and the live rate sweep, in rounds.
+
+    One sweep of a query moves by a ladder step or two from run to run (a fresh JVM, the
+    machine's drift), so each query is swept `sweep_rounds` times, the queries taking turns in
+    every round and each round starting with a different one, and the median round counts.
+    """
     args = throughput.parse_args(["--lines", str(ctx.mode.lines), "--files", str(ctx.mode.files)])
     progress("throughput: capacity on a backlog (bench/throughput.py)")
     corpus, measurements, problems = throughput.measure(args, ctx.work / "throughput")
     ctx.note_load("throughput, capacity")
-    result = ThroughputResult(corpus, measurements, {}, problems)
+    result = ThroughputResult(corpus, measurements, {name: [] for name in SWEEP_QUERIES}, problems)
 
-    progress(f"throughput: rate sweep, {SWEEP_TRIGGER_SECONDS:.0f} s trigger")
     templates = streaming.Templates(ctx.work / "templates")
     trigger = ["--trigger-interval", f"{SWEEP_TRIGGER_SECONDS:.0f} second"]
     # One ladder for every query, from the bare query's capacity: same rates, comparable steps.
     start = ctx.mode.sweep_start * result.capacity("bare")
     rates = streaming.rate_ladder(start, ctx.mode.sweep_factor, ctx.mode.sweep_steps)
     naive = {"naive_wc": ["--per-batch"], "naive_rt": []}
-    for name in ("bare", *naive, "word_count", "running_total"):
-        run = ctx.work / "sweep" / name
-        run.mkdir(parents=True)
-        shared = ["--input", str(run / "input"), *trigger]
-        partitions = ["--shuffle-partitions", str(DEFAULT_SHUFFLE_PARTITIONS)]
-        if name == "bare":
-            command = bare_command(run, [*shared, *partitions])
-        elif name in naive:
-            parquet = ["--parquet", str(run / "sink"), *naive[name]]
-            command = bare_command(run, [*shared, *partitions, *parquet])
-        else:
-            command = job_command(name, run, shared)
-        query = streaming.LiveQuery(name, command, run, ctx.env)
-        result.sweeps[name] = streaming.sweep(
-            query,
-            templates,
-            rates=rates,
-            step_seconds=ctx.mode.step_seconds,
-            trigger_seconds=SWEEP_TRIGGER_SECONDS,
-            tick=0.25,
-            warmup_seconds=ctx.mode.warmup_seconds,
+    for round_ in range(ctx.mode.sweep_rounds):
+        progress(
+            f"throughput: rate sweep, {SWEEP_TRIGGER_SECONDS:.0f} s trigger, "
+            f"round {round_ + 1} of {ctx.mode.sweep_rounds}"
         )
-        found = result.sweeps[name]
-        bound = "" if found.fell_behind else f" or more: kept up at all {len(found.steps)} steps"
-        progress(f"  {name}: sustainable {found.sustainable:,.0f} words/s{bound}")
-        shutil.rmtree(run / "input", ignore_errors=True)  # up to a few GB; the logs stay
+        turn = round_ % len(SWEEP_QUERIES)
+        for name in (*SWEEP_QUERIES[turn:], *SWEEP_QUERIES[:turn]):
+            run = ctx.work / "sweep" / f"{name}-{round_ + 1}"
+            run.mkdir(parents=True)
+            shared = ["--input", str(run / "input"), *trigger]
+            partitions = ["--shuffle-partitions", str(DEFAULT_SHUFFLE_PARTITIONS)]
+            if name == "bare":
+                command = bare_command(run, [*shared, *partitions])
+            elif name in naive:
+                parquet = ["--parquet", str(run / "sink"), *naive[name]]
+                command = bare_command(run, [*shared, *partitions, *parquet])
+            else:
+                command = job_command(name, run, shared)
+            earlier = [found.sustainable for found in result.sweeps[name]]
+            ladder = later_ladder(rates, earlier, ctx.mode.sweep_lead_steps) if earlier else rates
+            found = streaming.sweep(
+                streaming.LiveQuery(name, command, run, ctx.env),
+                templates,
+                rates=ladder,
+                step_seconds=ctx.mode.step_seconds,
+                trigger_seconds=SWEEP_TRIGGER_SECONDS,
+                tick=0.25,
+                warmup_seconds=ctx.mode.warmup_seconds,
+            )
+            result.sweeps[name].append(found)
+            steps = len(found.steps)
+            bound = "" if found.fell_behind else f" or more: kept up at all {steps} steps"
+            progress(f"  {name}: sustainable {found.sustainable:,.0f} words/s{bound}")
+            shutil.rmtree(run / "input", ignore_errors=True)  # up to a few GB; the logs stay
     ctx.note_load("throughput, sweep")
     return result
 
@@ -297,7 +348,8 @@ def run_latency(ctx: Context, tp: ThroughputResult) -> list[streaming.Latency]:
     results = []
     templates = streaming.Templates(ctx.work / "templates-latency", seed=3)
     for name in ctx.mode.latency_jobs:
-        sustainable = tp.sweeps[name].sustainable or tp.sweeps[name].steps[0].rate
+        swept = tp.sweep(name)
+        sustainable = swept.sustainable or swept.steps[0].rate
         rate = sustainable / 2
         for trigger in ctx.mode.latency_triggers:
             progress(f"latency: {name}, {trigger:.0f} s trigger, {rate:,.0f} words/s")
@@ -584,7 +636,7 @@ def plot_all(ctx: Context, report: Report) -> dict[str, str]:  # noqa: PLR0915
     tp = report.throughput
     fig, ax = plt.subplots(figsize=(7, 4.5))
     top = 0.0
-    for name, sw in tp.sweeps.items():
+    for name, sw in tp.median_sweeps().items():
         xs = [s.rate for s in sw.steps]
         ys = [s.processed for s in sw.steps]
         top = max([top, *xs, *ys])
@@ -592,7 +644,7 @@ def plot_all(ctx: Context, report: Report) -> dict[str, str]:  # noqa: PLR0915
     ax.plot([0, top], [0, top], color="grey", linestyle=":", label="processed = input")
     ax.set_xlabel("input rate, words/s")
     ax.set_ylabel("words/s processed (committed, one trigger later)")
-    ax.set_title("Rate sweep, 1 s trigger")
+    ax.set_title("Rate sweep, 1 s trigger: each query's median round")
     ax.legend(fontsize=8)
     save(fig, "throughput_sweep.png")
 
@@ -702,7 +754,7 @@ def verdict(ok: bool) -> str:
 def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -> str:  # noqa: PLR0915
     """The whole report."""
     tp = report.throughput
-    bare_sus = tp.sweeps["bare"].sustainable
+    bare_sus = tp.sweep("bare").sustainable
     limit = tp.capacity("pyarrow")
     loads = [load for _, load in ctx.loads]
     parts: list[str] = []
@@ -744,8 +796,8 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
     )
     add(table(["step", "load average"], [[where, num(load)] for where, load in ctx.loads]) + "\n")
     add("\n## Targets\n")
-    wc_ratio = tp.sweeps["word_count"].sustainable / bare_sus if bare_sus else math.nan
-    rt_ratio = tp.sweeps["running_total"].sustainable / bare_sus if bare_sus else math.nan
+    wc_ratio = tp.sweep("word_count").sustainable / bare_sus if bare_sus else math.nan
+    rt_ratio = tp.sweep("running_total").sustainable / bare_sus if bare_sus else math.nan
     lat_rows = []
     for lat in report.latency:
         if lat.trigger_seconds > 0:
@@ -891,15 +943,21 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
         f"{ctx.mode.warmup_seconds:.0f} s warm-up. A step keeps up when the backlog at its end "
         "(words written but not in a committed batch) is under 2 trigger intervals plus 1.5 s "
         "of input; the sustainable rate is the last step before the first that does not "
-        "(`bench/streaming.py`).\n"
+        f"(`bench/streaming.py`). Each query is swept {ctx.mode.sweep_rounds} "
+        f"time{'s' if ctx.mode.sweep_rounds > 1 else ''}, the queries taking turns in every "
+        "round and each round starting with the next query; a later round starts "
+        f"{ctx.mode.sweep_lead_steps} steps below the query's median so far. The median round "
+        "counts (the lower middle one of an even count); the other columns are that round's.\n"
     )
     rows = []
-    for name, sw in tp.sweeps.items():
+    for name, sw in tp.median_sweeps().items():
         last = sw.steps[-1]
+        rounds = ", ".join(f"{found.sustainable / 1e6:.2f}M" for found in tp.sweeps[name])
         rows.append(
             [
                 name,
                 num(sw.sustainable, 0),
+                rounds,
                 num(sw.sustainable / bare_sus if bare_sus else math.nan),
                 num(sw.sustainable / limit, 3),
                 num(sw.sustainable / tp.capacity(name) if name in tp.measurements else math.nan),
@@ -914,6 +972,7 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
             [
                 "query",
                 "sustainable words/s",
+                "rounds",
                 "vs bare",
                 "vs pyarrow",
                 "vs own capacity",
@@ -926,7 +985,8 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
         )
         + "\n"
     )
-    unknown = [n for n, sw in tp.sweeps.items() if any(math.isnan(st.processed) for st in sw.steps)]
+    medians = tp.median_sweeps()
+    unknown = [n for n, sw in medians.items() if any(math.isnan(st.processed) for st in sw.steps)]
     if unknown:
         add(
             f"\nThe plot leaves out the first steps of {', '.join(unknown)}: Spark keeps the "
@@ -934,7 +994,7 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
             "the processing rates were computed. Every step's keep-up verdict was taken while "
             "it ran.\n"
         )
-    capped = [name for name, sw in tp.sweeps.items() if all(sw.kept_up)]
+    capped = [name for name, sw in tp.median_sweeps().items() if all(sw.kept_up)]
     if capped:
         add(
             f"\n{', '.join(capped)} kept up at every step of the ladder: "
@@ -1341,6 +1401,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+T = TypeVar("T")
+
+# Each section's folders in the work folder: cleared before the section runs.
+SECTION_FOLDERS = {
+    "throughput": ("throughput", "templates", "sweep"),
+    "latency": ("templates-latency", "latency"),
+    "state": ("state",),
+    "operations": ("airflow-home", "airflow-data", "rotation", "quality", "sinks"),
+    "tuning": ("tuning",),
+}
+
+
+def section(ctx: Context, name: str, measure: Callable[[], T]) -> T:
+    """A section's results: measured now, or kept from an earlier run of this code and mode.
+
+    Each finished section is saved in the work folder with the load figures it recorded and its
+    wall time, so a failure late in a run, rerun with the same `--workdir`, measures only the
+    sections that had not finished.
+    """
+    saved = ctx.work / "sections" / f"{ctx.mode.name}-{name}.pickle"
+    if saved.exists():
+        with saved.open("rb") as file:
+            code, loads, wall, result = pickle.load(file)
+        if code == ctx.code:
+            progress(f"{name}: kept from an earlier run in this work folder ({saved.name})")
+            ctx.loads += loads
+            ctx.section_wall += wall
+            return result
+        progress(f"{name}: the saved results are of {code}, not {ctx.code}: measuring again")
+    for folder in SECTION_FOLDERS[name]:
+        shutil.rmtree(ctx.work / folder, ignore_errors=True)
+    first_load, started = len(ctx.loads), time.monotonic()
+    result = measure()
+    wall = time.monotonic() - started
+    ctx.section_wall += wall
+    saved.parent.mkdir(exist_ok=True)
+    with saved.open("wb") as file:
+        pickle.dump((ctx.code, ctx.loads[first_load:], wall, result), file)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every section, then write the report and its plots."""
     args = parse_args(argv)
@@ -1359,20 +1460,23 @@ def main(argv: list[str] | None = None) -> int:
     plots.mkdir(parents=True, exist_ok=True)
     ctx = Context(mode, work, plots, spark_env())
     ctx.note_load("start")
-    started = time.monotonic()
     progress(f"performance report, {mode.name} mode, work folder {work}")
     try:
-        tp = run_throughput(ctx)
-        lat = run_latency(ctx, tp)
-        state = run_state(ctx)
-        ops = run_operations(ctx)
-        tuning = run_tuning(ctx, tp)
+        tp = section(ctx, "throughput", lambda: run_throughput(ctx))
+        lat = section(ctx, "latency", lambda: run_latency(ctx, tp))
+        state = section(ctx, "state", lambda: run_state(ctx))
+        ops = section(ctx, "operations", lambda: run_operations(ctx))
+        tuning = section(ctx, "tuning", lambda: run_tuning(ctx, tp))
     except BenchFailure as failure:
-        print(f"\nFAIL: {failure}\n  (work folder kept: {work})", flush=True)
+        print(
+            f"\nFAIL: {failure}\n  The work folder {work} keeps every finished section: run "
+            f"again with --workdir {work} to measure only the rest.",
+            flush=True,
+        )
         return 1
     report = Report(tp, lat, state, ops, tuning)
     ctx.note_load("end")
-    wall = time.monotonic() - started
+    wall = ctx.section_wall  # the sections' own times, whichever run measured them
     # Keep the measurements: `--render` writes the report again from them without measuring.
     with (work / RESULTS_FILE).open("wb") as saved:
         pickle.dump((ctx.mode.name, ctx.loads, wall, report, ctx.code), saved)

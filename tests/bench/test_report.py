@@ -40,6 +40,7 @@ SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
             [
                 "query",
                 "sustainable words/s",
+                "rounds",
                 "vs bare",
                 "vs pyarrow",
                 "vs own capacity",
