@@ -388,6 +388,11 @@ class StreamSubmitOperator(SparkSubmitOperator):
         except ValueError as err:
             self.log.warning("stream %s: self-healing off: %s", spec.stream, err)
             stall_restart = 0.0
+        try:
+            log_max_bytes = registry.driver_log_limit()
+        except ValueError as err:
+            self.log.warning("stream %s: driver log rotation off: %s", spec.stream, err)
+            log_max_bytes = 0
         self.defer(
             trigger=StreamDriverTrigger(
                 stream=spec.stream,
@@ -396,6 +401,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
                 driver_log=log_path,
                 log_offset=start_offset,
                 stall_restart_seconds=stall_restart,
+                log_max_bytes=log_max_bytes,
             ),
             method_name="execute_complete",
             kwargs={"pid": holder.pid, "driver_log": log_path, "start_offset": start_offset},

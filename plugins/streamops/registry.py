@@ -3,14 +3,17 @@
 `<data root>/_streamops/streams/<stream>.json` is written by the stream's operator when it starts,
 restarts and stops the stream, and read by `stream_health`, the Streams page and the CLI. It also
 holds the run's restart budget (`failures`) and history (`restarts`), so they survive restarts of
-every Airflow process. Each driver's output goes to `driver_log(stream)`.
+every Airflow process. Each driver's output goes to `driver_log(stream)`, which the stream's
+trigger rotates (`rotate_driver_log`) once it reaches `driver_log_limit()` bytes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -19,6 +22,9 @@ from spark_jobs.storage import Location
 from streamops.config import data_root
 
 Desired = Literal["running", "stopped"]
+
+DRIVER_LOG_MAX_MB = 100.0  # default of $STREAMOPS_DRIVER_LOG_MAX_MB
+DRIVER_LOG_KEEP = 3  # rotated copies kept: <log>.1 (the newest) to <log>.3
 
 
 @dataclass
@@ -68,6 +74,43 @@ def driver_log(stream: str, root: str | None = None) -> str:
             else os.path.join(os.path.abspath(base), "_streamops", "drivers")
         )
     return os.path.join(folder, f"{stream}.log")
+
+
+def driver_log_limit(environ: Mapping[str, str] = os.environ) -> int:
+    """The size, in bytes, at which a driver log is rotated; 0 for never.
+
+    `$STREAMOPS_DRIVER_LOG_MAX_MB` (default 100; 0 turns rotation off), read by the stream task
+    when it defers: its trigger rotates the log.
+    """
+    text = environ.get("STREAMOPS_DRIVER_LOG_MAX_MB", "").strip()
+    try:
+        megabytes = float(text) if text else DRIVER_LOG_MAX_MB
+    except ValueError:
+        megabytes = -1.0
+    if not 0 <= megabytes <= 1e9:  # also NaN and infinity
+        raise ValueError(
+            f"STREAMOPS_DRIVER_LOG_MAX_MB={text!r} is not a size: give megabytes (e.g. 100), or "
+            "0 to never rotate the driver logs, in the environment of the Airflow workers"
+        )
+    return int(megabytes * 1024 * 1024)
+
+
+def rotate_driver_log(path: str, keep: int = DRIVER_LOG_KEEP) -> str:
+    """Move a driver log's content to `<path>.1` (older copies move up, to `<path>.<keep>`),
+    and empty the log in place; return the copy's path.
+
+    The driver keeps its log open (it is its stdout), so the file cannot be renamed away: it is
+    copied, then truncated, as logrotate's `copytruncate` does. The driver opened it in append
+    mode and so writes on at the start of the emptied file. Lines it writes between the copy and
+    the truncation are lost: a few lines at most, since both take milliseconds.
+    """
+    for n in range(keep - 1, 0, -1):
+        if os.path.exists(f"{path}.{n}"):
+            os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+    rotated = f"{path}.1"
+    shutil.copyfile(path, rotated)
+    os.truncate(path, 0)
+    return rotated
 
 
 def save(record: StreamRecord, root: str | None = None) -> None:

@@ -21,6 +21,7 @@ Nothing heavy is imported at module level: DAG files import this module when the
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -115,9 +116,15 @@ KILL_GRACE_SECONDS = 15.0
 
 
 def read_new_lines(path: str, offset: int) -> tuple[list[str], int]:
-    """The complete lines appended to a local file since byte `offset`, and the new offset."""
+    """The complete lines appended to a local file since byte `offset`, and the new offset.
+
+    A file shorter than `offset` has been rotated since (`registry.rotate_driver_log`): it is
+    read from its start.
+    """
     try:
         with open(path, "rb") as handle:
+            if handle.seek(0, os.SEEK_END) < offset:
+                offset = 0
             handle.seek(offset)
             data = handle.read(1 << 20)
     except OSError:
@@ -135,7 +142,8 @@ class StreamDriverTrigger(BaseTrigger):
     The driver is the holder of the checkpoint's lease with `token` (`spark_jobs/lease.py`). It
     has ended when the lease is gone, held by another token, or its holder is gone (its process
     on this host died, or it stopped renewing). Every poll also copies the new lines of the
-    driver's log into the task log, so the run's log in the UI shows what the job says.
+    driver's log into the task log, so the run's log in the UI shows what the job says, and
+    rotates the driver's log once it reaches `log_max_bytes` (`registry.rotate_driver_log`).
 
     Nothing is kept between polls but the log offset: after a triggerer restart the trigger is
     rebuilt from its arguments and watches the same driver again (a few log lines may repeat).
@@ -153,6 +161,7 @@ class StreamDriverTrigger(BaseTrigger):
         log_offset: int = 0,
         poll_interval: float = DRIVER_POLL_SECONDS,
         stall_restart_seconds: float = 0.0,
+        log_max_bytes: int = 0,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.stream = stream
@@ -162,6 +171,7 @@ class StreamDriverTrigger(BaseTrigger):
         self.log_offset = int(log_offset)
         self.poll_interval = float(poll_interval)
         self.stall_restart_seconds = float(stall_restart_seconds)
+        self.log_max_bytes = int(log_max_bytes)  # rotate the driver log at this size; 0: never
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The class path and arguments the triggerer re-creates this trigger from."""
@@ -175,6 +185,7 @@ class StreamDriverTrigger(BaseTrigger):
                 "log_offset": self.log_offset,
                 "poll_interval": self.poll_interval,
                 "stall_restart_seconds": self.stall_restart_seconds,
+                "log_max_bytes": self.log_max_bytes,
             },
         )
 
@@ -225,9 +236,29 @@ class StreamDriverTrigger(BaseTrigger):
         )
 
     def _copy_log(self) -> None:
+        from streamops.registry import rotate_driver_log
+
         lines, self.log_offset = read_new_lines(self.driver_log, self.log_offset)
         for line in lines:
             self.log.info("driver: %s", line)
+        if not self.log_max_bytes or self.log_offset < self.log_max_bytes:
+            return
+        try:
+            rotated = rotate_driver_log(self.driver_log)
+        except OSError as err:
+            self.log.warning("stream %s: cannot rotate %s: %s", self.stream, self.driver_log, err)
+            return
+        # What the driver wrote since the read above is in the copy now.
+        lines, _ = read_new_lines(rotated, self.log_offset)
+        for line in lines:
+            self.log.info("driver: %s", line)
+        self.log_offset = 0
+        self.log.info(
+            "stream %s: the driver log reached %.3g MB: its lines so far are in %s",
+            self.stream,
+            self.log_max_bytes / 1024 / 1024,
+            rotated,
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll the driver's lease; yield one event when the driver has ended."""
