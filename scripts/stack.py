@@ -228,6 +228,10 @@ def stack_env(stack: Stack, worker_log_port: int, trigger_log_port: int) -> dict
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": (
                 "streamops.embedded.SQLITE_CONNECT_ARGS_ASYNC"
             ),
+            # A task that was running when all of Airflow died (a stream task starting its
+            # driver, before it defers) is reset and run again once the scheduler finds the old
+            # scheduler dead: at its next orphan check (default every 300 s).
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "60",
             # How often the DAG folder is listed for new or deleted files (default 300 s).
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__API__HOST": stack.host,
