@@ -85,6 +85,7 @@ class Mode:
     name: str
     lines: int
     files: int
+    capacity_repeat: int  # capacity runs of each query; the median counts
     sweep_start: float  # first rate as a share of the query's available-now capacity
     sweep_factor: float
     sweep_steps: int
@@ -114,6 +115,7 @@ MODES = {
         name="quick",
         lines=40_000,
         files=8,
+        capacity_repeat=1,
         sweep_start=0.25,
         sweep_factor=2.0,
         sweep_steps=2,
@@ -141,6 +143,9 @@ MODES = {
         name="full",
         lines=1_000_000,
         files=20,
+        # One capacity run of a query moved by up to 25% between runs (running_total / bare
+        # read 1.02 and 0.77): two runs each, taking turns, and the median.
+        capacity_repeat=2,
         sweep_start=0.3,
         sweep_factor=1.15,
         # The sweep stops at a query's first step that falls behind; the bare query must fall
@@ -277,7 +282,12 @@ def run_throughput(ctx: Context) -> ThroughputResult:
     are part of what it sustains. Later rounds that started 4 steps (x1.75) below the first
     round's result, after the 6 s warm-up, fell behind at or just above their first step.
     """
-    args = throughput.parse_args(["--lines", str(ctx.mode.lines), "--files", str(ctx.mode.files)])
+    args = throughput.parse_args(
+        [
+            *("--lines", str(ctx.mode.lines), "--files", str(ctx.mode.files)),
+            *("--repeat", str(ctx.mode.capacity_repeat)),
+        ]
+    )
     progress("throughput: capacity on a backlog (bench/throughput.py)")
     corpus, measurements, problems = throughput.measure(args, ctx.work / "throughput")
     ctx.note_load("throughput, capacity")
@@ -868,7 +878,8 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
         f"**Capacity on a backlog.** {corpus.lines:,} lines, {corpus.words:,} words "
         f"({len(corpus.counts):,} distinct) in {corpus.files} files, read with "
         "`--available-now` and 2 files per micro-batch by every Spark query, each in a fresh "
-        f"process, jobs with their default settings ({DEFAULT_SHUFFLE_PARTITIONS} shuffle "
+        f"process{capacity_runs(ctx.mode.capacity_repeat)}, jobs with their default settings "
+        f"({DEFAULT_SHUFFLE_PARTITIONS} shuffle "
         "partitions, RocksDB with changelog checkpointing for running_total) and the bare "
         "query with the same partitions and Spark's default state store. `seconds` runs from "
         "the first batch's start to the last commit (JVM start-up left out); `cpu vs bare` "
@@ -886,6 +897,7 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
                 name,
                 "0" if m.batches is None else str(m.batches),
                 num(m.median_seconds),
+                ", ".join(num(r.seconds) for r in m.runs),
                 num(tp.capacity(name), 0),
                 num(tp.capacity(name) / tp.capacity("bare")),
                 num(tp.capacity(name) / limit, 3),
@@ -899,6 +911,7 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
                 "query",
                 "batches",
                 "seconds",
+                "runs s",
                 "words/s",
                 "vs bare",
                 "vs pyarrow",
@@ -939,7 +952,10 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
         f"by x{ctx.mode.sweep_factor:.2f} every {ctx.mode.step_seconds:.0f} s after a "
         f"{ctx.mode.warmup_seconds:.0f} s warm-up. A step keeps up when the backlog at its end "
         "(words written but not in a committed batch) is under 2 trigger intervals plus 1.5 s "
-        "of input; the sustainable rate is the last step before the first that does not "
+        "of input. A lone step over that line that the next step recovers from (a slow batch, "
+        "not a query falling behind) is counted as a spike and the sweep goes on; it ends "
+        f"after {streaming.CONFIRM_STEPS} steps in a row over the line, and the sustainable rate "
+        "is the last step that kept up before them "
         f"(`bench/streaming.py`). Each query is swept {ctx.mode.sweep_rounds} "
         f"time{'s' if ctx.mode.sweep_rounds > 1 else ''}, the queries taking turns in every "
         "round and each round starting with the next query, every round over the whole "
@@ -962,6 +978,7 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
                 num(last.rate, 0),
                 num(last.backlog_seconds, 1),
                 "fell behind" if sw.fell_behind else "step limit (a lower bound)",
+                str(sw.spikes),
             ]
         )
     add(
@@ -977,6 +994,7 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
                 "last rate",
                 "last backlog s",
                 "ended",
+                "spikes",
             ],
             rows,
         )
@@ -1247,6 +1265,16 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
         "# small inputs, about ten minutes\n```\n"
     )
     return "\n".join(parts)
+
+
+def capacity_runs(repeat: int) -> str:
+    """How the capacity runs were repeated, for the text under its heading."""
+    if repeat == 1:
+        return ""
+    return (
+        f", {repeat} times each with the queries taking turns; the median counts (of clean runs "
+        "when there is one, see `others`), `runs s` lists every run"
+    )
 
 
 def sinks_section(figures: list[Any]) -> str:

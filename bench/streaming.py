@@ -15,8 +15,13 @@ rate steps upward by a constant factor; each step lasts `step_seconds`. A step k
 the backlog at its end (words written but not yet in a committed batch) is under
 `2 * trigger + 1.5` seconds of input: a query whose processing rate is below the input rate
 accumulates backlog from step to step and crosses that line, while one that keeps up never holds
-more than about one trigger interval and one batch of input. The sweep ends at the first step
-that does not keep up; the sustainable rate is the last step that did. Each step's processing
+more than about one trigger interval and one batch of input. One step over the line does not end
+the sweep: a single slow batch (a GC pause, another process taking a core for a second) can
+push the backlog at one step's end over it while the query keeps up, and near the limit that is
+what ended sweeps one or two steps early. The sweep ends at the second step in a row over the
+line (`CONFIRM_STEPS`), a query that falls behind crosses it at every step from then on; the
+sustainable rate is the last step that kept up before those, and a lone step over the line that
+the next step recovered from is counted as a `spike`. Each step's processing
 rate, `processed`, is the words committed during the step's window shifted by one trigger
 interval (so the batch in flight at the step's end counts), over the step's length; a step
 holds only a few batches, so it moves by up to a batch with where the edges fall, which is why
@@ -47,6 +52,8 @@ from throughput import ROOT, VOCABULARY_SIZE, ZIPF_EXPONENT, BenchFailure, progr
 WORDS_PER_LINE = 10
 # A step keeps up when the backlog at its end is under (2 * trigger + this) seconds of input.
 BACKLOG_SLACK_SECONDS = 1.5
+# The sweep ends at this many steps in a row over the backlog line (module doc).
+CONFIRM_STEPS = 2
 START_TIMEOUT_SECONDS = 180.0
 WARMUP_TIMEOUT_SECONDS = 60.0
 
@@ -281,19 +288,30 @@ class Sweep:
     kept_up: list[bool] = field(default_factory=list)
 
     @property
+    def done(self) -> bool:
+        """Whether the last `CONFIRM_STEPS` steps all fell behind: the sweep ends there."""
+        last = self.kept_up[-CONFIRM_STEPS:]
+        return len(last) == CONFIRM_STEPS and not any(last)
+
+    @property
     def fell_behind(self) -> bool:
         """Whether the sweep ended at a step that did not keep up (not at its last rate)."""
         return bool(self.kept_up) and not self.kept_up[-1]
 
     @property
     def sustainable(self) -> float:
-        """The highest rate of the leading run of steps that kept up (0 when none did)."""
+        """The rate of the last step that kept up before the steps that ended the sweep
+        (0 when none did)."""
         best = 0.0
         for step, ok in zip(self.steps, self.kept_up, strict=True):
-            if not ok:
-                break
-            best = step.rate
+            if ok:
+                best = step.rate
         return best
+
+    @property
+    def spikes(self) -> int:
+        """Steps over the backlog line that the next step recovered from."""
+        return sum(1 for ok, next_ok in itertools.pairwise(self.kept_up) if not ok and next_ok)
 
 
 def sweep(
@@ -306,7 +324,8 @@ def sweep(
     tick: float,
     warmup_seconds: float,
 ) -> Sweep:
-    """Run `query` through rising rates until a step does not keep up (see the module doc)."""
+    """Run `query` through rising rates until `CONFIRM_STEPS` steps in a row do not keep up
+    (see the module doc)."""
     result = Sweep(query.name, trigger_seconds)
     feeder = Feeder(query.input, templates)
     seen: dict[int, float] = {}
@@ -335,7 +354,7 @@ def sweep(
                 f"    {query.name}: {input_rate:>10,.0f} words/s in, backlog "
                 f"{step.backlog_seconds:4.1f} s: {'keeps up' if ok else 'falls behind'}"
             )
-            if not ok:
+            if result.done:
                 break
         # What each step's input became one trigger interval later (the batch in flight at
         # the step's end included): the processing rate plotted against the input rate.

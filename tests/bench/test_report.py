@@ -28,13 +28,14 @@ SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
                 "query",
                 "batches",
                 "seconds",
+                "runs s",
                 "words/s",
                 "vs bare",
                 "vs pyarrow",
                 "cpu vs bare",
                 "others",
             ],
-            ["batches", "seconds", "words/s", "vs bare", "vs pyarrow", "others"],
+            ["batches", "seconds", "runs s", "words/s", "vs bare", "vs pyarrow", "others"],
         ),
         (
             [
@@ -48,8 +49,9 @@ SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
                 "last rate",
                 "last backlog s",
                 "ended",
+                "spikes",
             ],
-            ["sustainable words/s", "vs pyarrow", "steps", "last rate", "last backlog s"],
+            ["sustainable words/s", "vs pyarrow", "steps", "last rate", "last backlog s", "spikes"],
         ),
         # Where batch time goes: the jobs time every phase and their own parts of addBatch
         (

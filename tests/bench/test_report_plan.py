@@ -40,6 +40,60 @@ def test_the_median_round_is_what_a_query_sustains() -> None:
     assert list(tp.median_sweeps()) == ["q", "even"]
 
 
+def test_a_lone_step_over_the_backlog_line_is_a_spike_and_two_in_a_row_end_the_sweep(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Backlog at each step's end, in seconds of input; the line is 2 x 1 s + 1.5 s = 3.5 s.
+    backlogs = [0.5, 0.6, 4.0, 0.7, 0.8, 3.9, 5.0, 0.5, 0.5]
+    checks: list[float] = []
+
+    class Query:
+        name = "q"
+        input = tmp_path / "input"
+        checkpoint = tmp_path / "checkpoint"
+
+        def start(self) -> None: ...
+        def stop(self) -> None: ...
+        def wait_until_committed(self, *_: Any, **__: Any) -> None: ...
+
+    class Feeder:
+        def __init__(self, *_: Any) -> None:
+            self.written: list[streaming.Written] = []
+
+        def feed(self, rate: float, seconds: float, tick: float) -> tuple[float, float]:
+            start = float(len(self.written))
+            self.written.append(streaming.Written(f"f{start}", round(rate * seconds), start))
+            return start, start + seconds
+
+    def committed_by(written: list[streaming.Written], *_: Any) -> int:
+        # While the sweep runs: every word but the step's backlog (its rate: words / 6 s).
+        if len(checks) < len(backlogs) and len(written) - 1 > len(checks):
+            step = len(checks)
+            checks.append(backlogs[step])
+            return sum(w.words for w in written) - round(backlogs[step] * written[-1].words / 6)
+        return 0
+
+    monkeypatch.setattr(streaming, "Feeder", Feeder)
+    monkeypatch.setattr(streaming, "committed_by", committed_by)
+    monkeypatch.setattr(streaming, "file_batches", lambda *_: {})
+    monkeypatch.setattr(streaming, "commit_times", lambda *_: {})
+    found = streaming.sweep(
+        Query(),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        rates=LADDER[: len(backlogs)],
+        step_seconds=6.0,
+        trigger_seconds=1.0,
+        tick=0.25,
+        warmup_seconds=1.0,
+    )
+    # The sweep went on past the lone step over the line and ended at the second in a row
+    assert found.kept_up == [True, True, False, True, True, False, False]
+    assert found.done
+    assert found.fell_behind
+    assert found.spikes == 1
+    assert found.sustainable == pytest.approx(LADDER[4], rel=1e-3)
+
+
 def test_full_mode_sweeps_every_query_in_rounds_that_take_turns(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
