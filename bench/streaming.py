@@ -17,15 +17,14 @@ the backlog at its end (words written but not yet in a committed batch) is under
 accumulates backlog from step to step and crosses that line, while one that keeps up never holds
 more than about one trigger interval and one batch of input. One step over the line does not end
 the sweep: a single slow batch (a GC pause, another process taking a core for a second) can
-push the backlog at one step's end over it while the query keeps up, and near the limit that is
-what ended sweeps one or two steps early. The sweep ends at the second step in a row over the
-line (`CONFIRM_STEPS`), a query that falls behind crosses it at every step from then on; the
-sustainable rate is the last step that kept up before those, and a lone step over the line that
-the next step recovered from is counted as a `spike`. Each step's processing
-rate, `processed`, is the words committed during the step's window shifted by one trigger
-interval (so the batch in flight at the step's end counts), over the step's length; a step
-holds only a few batches, so it moves by up to a batch with where the edges fall, which is why
-the backlog and not this rate decides.
+push the backlog at one step's end over it while the query keeps up. The sweep ends at the
+second step in a row over the line (`CONFIRM_STEPS`): a query that falls behind crosses it at
+every step from then on, a slow batch at one step only, which the report counts as a `spike`.
+The sustainable rate is the last step that kept up before the two that ended the sweep. Each
+step's processing rate, `processed`, is the words committed during the step's window shifted by
+one trigger interval (so the batch in flight at the step's end counts), over the step's length;
+a step holds only a few batches, so it moves by up to a batch with where the edges fall, which is
+why the backlog and not this rate decides.
 
 Latency: a constant rate, a warm-up left out (and waited for until committed), then every file
 written in the measuring window gives one sample: from its rename into the input folder to its
