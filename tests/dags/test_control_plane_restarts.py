@@ -7,10 +7,9 @@ batches go on, that the stream runs are deferred (no worker slot held) and none 
 stops both streams with `stream_control`, checks both sinks exactly, starts them again and kills
 all of Airflow while the tasks start their drivers (the new tries must adopt those drivers), then
 kills everything drivers included and checks that the streams come back by themselves from
-Airflow alone. A driver
-SIGKILL is restarted within the backoff, and marking the task failed through the REST API stops
-the driver without a restart. `stream_health` runs every minute meanwhile: its orphan check must
-never stop a driver whose run is active.
+Airflow alone. A driver SIGKILL is restarted within the backoff, and marking the task failed
+through the REST API stops the driver without a restart. `stream_health` runs every minute
+meanwhile: its orphan check must never stop a driver whose run is active.
 
 Why the bound on gaps (`BATCH_BOUND_SECONDS`): the drivers never stop, so a new file is in both
 sinks a few 1-second triggers after it lands; 45 s leaves room for a 2-core machine that is busy
