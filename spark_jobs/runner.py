@@ -23,7 +23,7 @@ from spark_jobs.checkpoints import validate as validate_checkpoint
 from spark_jobs.layout import CheckpointLayout, Generation
 from spark_jobs.lease import Lease, LeaseHeld, LeaseHolder
 from spark_jobs.listener import StatusListener
-from spark_jobs.session import build_session, ui_url
+from spark_jobs.session import build_session, checkpoint_conf, ui_url
 from spark_jobs.sinks import ParquetBatchSink, batch_time_of, format_batch, with_batch_columns
 from spark_jobs.sources import read_lines
 from spark_jobs.status import StreamStatus
@@ -209,6 +209,7 @@ def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> Start
     partitions = args.shuffle_partitions or spark.sparkContext.defaultParallelism
     for key, value in {
         "spark.sql.shuffle.partitions": str(partitions),
+        **checkpoint_conf(spark, args.checkpoint),
         **spec.spark_conf,
     }.items():
         spark.conf.set(key, value)

@@ -90,6 +90,46 @@ def unreachable_driver_warning(master: str, environ: Mapping[str, str] | None = 
     )
 
 
+# Spark writes a checkpoint's files (offsets, commits, the file source's log, state store changelogs
+# and deltas) through a CheckpointFileManager, by default Hadoop's FileContext. On the local
+# filesystem, without Hadoop's native library (Spark ships none), FileContext's rename runs
+# `readlink` as a subprocess for every path it checks, about a dozen times per file: some 45
+# processes per micro-batch, over 100 ms of each batch (docs/performance.md, "Tuning").
+# Hadoop's FileSystem API renames with one system call, as atomically on a local filesystem;
+# it is what Spark itself falls back to where FileContext is unavailable. The class moved
+# package in Spark 4.1: the first name the JVM knows is used.
+CHECKPOINT_FILE_MANAGER_KEY = "spark.sql.streaming.checkpointFileManagerClass"
+LOCAL_CHECKPOINT_FILE_MANAGERS = (
+    "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager",
+    "org.apache.spark.sql.execution.streaming.FileSystemBasedCheckpointFileManager",
+)
+
+
+def checkpoint_conf(spark: SparkSession, checkpoint: str) -> dict[str, str]:
+    """Session settings for a query whose checkpoint is `checkpoint`.
+
+    A checkpoint on the local filesystem (a plain path while Hadoop's default filesystem is
+    local, or a `file:` URI) gets the FileSystem-based checkpoint file manager; any other keeps
+    Spark's default. A manager already set for the session (`--conf` of spark-submit) is kept.
+    """
+    if spark.conf.get(CHECKPOINT_FILE_MANAGER_KEY, None):
+        return {}
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    path = jvm.org.apache.hadoop.fs.Path(checkpoint)
+    scheme = (
+        path.toUri().getScheme()
+        or jvm.org.apache.hadoop.fs.FileSystem.getDefaultUri(hadoop_conf).getScheme()
+    )
+    if scheme != "file":
+        return {}
+    for name in LOCAL_CHECKPOINT_FILE_MANAGERS:
+        if jvm.org.apache.spark.util.Utils.classIsLoadable(name):
+            return {CHECKPOINT_FILE_MANAGER_KEY: name}
+    return {}
+
+
 def build_session(app_name: str) -> SparkSession:
     """A session with the settings the jobs rely on.
 

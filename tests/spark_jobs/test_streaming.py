@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
-from spark_jobs import running_total, word_count
+from spark_jobs import running_total, session, word_count
 from spark_jobs.status import SPARK_PHASES, read_status
 from tests.conftest import drop_file, read_sink, run_available_now
 
@@ -178,3 +178,37 @@ def test_a_checkpoint_keeps_its_shuffle_partitions_when_the_default_changes(
     for batch in (0, 1):
         lines = (tmp_path / "rt-ck" / "offsets" / str(batch)).read_text().splitlines()
         assert json.loads(lines[1])["conf"]["spark.sql.shuffle.partitions"] == "8"
+
+
+def test_a_local_checkpoint_is_written_through_hadoops_filesystem_api(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    key = session.CHECKPOINT_FILE_MANAGER_KEY
+    file_context = session.LOCAL_CHECKPOINT_FILE_MANAGERS[0].replace("FileSystem", "FileContext")
+    try:
+        # Given a running_total checkpoint written by Spark's default manager (Hadoop FileContext)
+        spark.conf.set(key, file_context)
+        drop_file(tmp_path / "in", "1.txt", SEED_FIRST)
+        run_available_now(spark, running_total, argv(tmp_path, "rt"))
+        assert spark.conf.get(key) == file_context  # a manager set for the session is kept
+        # When the job starts again on it in a session that sets none
+        spark.conf.unset(key)
+        drop_file(tmp_path / "in", "2.txt", SEED_SECOND)
+        run_available_now(spark, running_total, argv(tmp_path, "rt"))
+
+        # Then the job used the FileSystem-based manager, which this Spark has
+        used = spark.conf.get(key)
+        assert used == session.LOCAL_CHECKPOINT_FILE_MANAGERS[0]
+        # And it read the checkpoint the other one wrote: offsets, commits and state carry on
+        assert rows(read_sink(tmp_path / "rt-sink"), "total") == {
+            (0, "hello", 2), (0, "spark", 2), (0, "world", 1), (0, "streaming", 1),
+            (1, "hello", 3), (1, "spark", 3),
+        }  # fmt: skip
+        # And only a checkpoint on the local filesystem gets it
+        spark.conf.unset(key)
+        for local in (str(tmp_path / "ck"), "relative/ck", f"file://{tmp_path}/ck"):
+            assert session.checkpoint_conf(spark, local) == {key: used}, local
+        for remote in ("s3a://bucket/ck", "hdfs://namenode:8020/ck", "gs://bucket/ck"):
+            assert session.checkpoint_conf(spark, remote) == {}, remote
+    finally:
+        spark.conf.unset(key)
