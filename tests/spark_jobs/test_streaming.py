@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql.streaming.listener import StreamingQueryProgress
 
 from spark_jobs import running_total, session, word_count
 from spark_jobs.status import SPARK_PHASES, read_status
@@ -212,3 +213,26 @@ def test_a_local_checkpoint_is_written_through_hadoops_filesystem_api(
             assert session.checkpoint_conf(spark, remote) == {}, remote
     finally:
         spark.conf.unset(key)
+
+
+def test_the_status_listener_takes_each_progress_as_one_json_string(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given PySpark's field-by-field conversion of a progress made unusable
+    def field_by_field(jprogress: object) -> None:
+        raise AssertionError("the progress was converted field by field")
+
+    monkeypatch.setattr(StreamingQueryProgress, "fromJObject", field_by_field)
+    # When a job runs two batches
+    drop_file(tmp_path / "in", "1.txt", SEED_FIRST)
+    drop_file(tmp_path / "in", "2.txt", SEED_SECOND)
+    run_available_now(spark, running_total, [*argv(tmp_path, "rt"), "--max-files-per-trigger", "1"])
+
+    # Then its status still records both, with Spark's figures for each
+    status = read_status(str(tmp_path / "rt-ck"))
+    assert status is not None
+    assert [b.batch_id for b in status.recent_batches] == [0, 1]
+    assert [b.input_rows for b in status.recent_batches] == [2, 1]
+    assert status.last_batch is not None
+    assert status.last_batch.state_rows == 4
+    assert set(status.last_batch.phases_ms) == set(SPARK_PHASES)
