@@ -985,12 +985,12 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
     rows = []
     for name, sw in tp.median_sweeps().items():
         last = sw.steps[-1]
-        rounds = ", ".join(f"{found.sustainable / 1e6:.2f}M" for found in tp.sweeps[name])
+        sustained = ", ".join(f"{found.sustainable / 1e6:.2f}M" for found in tp.sweeps[name])
         rows.append(
             [
                 name,
                 num(sw.sustainable, 0),
-                rounds,
+                sustained,
                 num(sw.sustainable / bare_sus if bare_sus else math.nan),
                 num(sw.sustainable / limit, 3),
                 num(sw.sustainable / tp.capacity(name) if name in tp.measurements else math.nan),
