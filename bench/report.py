@@ -9,7 +9,8 @@ One run measures, on this machine and in this order:
    query, the naive Parquet-writing queries and both jobs on one corpus with `--available-now`
    (capacity on a backlog), then rounds of a rate sweep of the same queries as live streams with
    a 1-second trigger (`bench/streaming.py`): the highest input rate each keeps up with, the
-   median round counting.
+   median round counting. Full mode adds the bare query with the jobs' tokenizer to both, and
+   with RocksDB to the capacity runs, to say how much of a job's gap to bare each accounts for.
 2. Latency: both jobs at half their sustainable rate, 1 s and 0 s triggers (quick mode: word_count
    at 1 s only), after a warm-up:
    p50, p95, p99 and max from a file's arrival in the input folder to its batch in the sink.
@@ -113,6 +114,10 @@ class Mode:
     partition_candidates: tuple[int, ...]
     files_per_trigger: tuple[int | None, ...]
     other_trials: bool  # state store, changelog and AQE trials
+    # The bare query's variants one step towards the jobs (`bench/throughput.py --diagnose`):
+    # `bare+tok` (the jobs' tokenizer) in the capacity runs and the sweep, `bare+rocksdb` in the
+    # capacity runs. They say how much of a gap to bare is the tokenizer's or RocksDB's.
+    diagnose: bool
 
 
 MODES = {
@@ -143,6 +148,7 @@ MODES = {
         partition_candidates=(PREVIOUS_SHUFFLE_PARTITIONS,),
         files_per_trigger=(),
         other_trials=False,
+        diagnose=False,
     ),
     "full": Mode(
         name="full",
@@ -179,6 +185,7 @@ MODES = {
         partition_candidates=(PREVIOUS_SHUFFLE_PARTITIONS, 4),
         files_per_trigger=(5, None),
         other_trials=True,
+        diagnose=True,
     ),
 }
 
@@ -275,6 +282,8 @@ class ThroughputResult:
 
 
 SWEEP_QUERIES = ("bare", "naive_wc", "naive_rt", "word_count", "running_total")
+# With `Mode.diagnose`: the bare query with the jobs' tokenizer, swept like the others.
+TOKENIZER_REFERENCE = "bare+tok"
 
 
 def run_throughput(ctx: Context) -> ThroughputResult:
@@ -291,12 +300,14 @@ def run_throughput(ctx: Context) -> ThroughputResult:
         [
             *("--lines", str(ctx.mode.lines), "--files", str(ctx.mode.files)),
             *("--repeat", str(ctx.mode.capacity_repeat)),
+            *(["--diagnose"] if ctx.mode.diagnose else []),
         ]
     )
     progress("throughput: capacity on a backlog (bench/throughput.py)")
     corpus, measurements, problems = throughput.measure(args, ctx.work / "throughput")
     ctx.note_load("throughput, capacity")
-    result = ThroughputResult(corpus, measurements, {name: [] for name in SWEEP_QUERIES}, problems)
+    queries = (*SWEEP_QUERIES, *([TOKENIZER_REFERENCE] if ctx.mode.diagnose else []))
+    result = ThroughputResult(corpus, measurements, {name: [] for name in queries}, problems)
 
     templates = streaming.Templates(ctx.work / "templates")
     trigger = ["--trigger-interval", f"{SWEEP_TRIGGER_SECONDS:.0f} second"]
@@ -309,14 +320,16 @@ def run_throughput(ctx: Context) -> ThroughputResult:
             f"throughput: rate sweep, {SWEEP_TRIGGER_SECONDS:.0f} s trigger, "
             f"round {round_ + 1} of {ctx.mode.sweep_rounds}"
         )
-        turn = round_ % len(SWEEP_QUERIES)
-        for name in (*SWEEP_QUERIES[turn:], *SWEEP_QUERIES[:turn]):
+        turn = round_ % len(queries)
+        for name in (*queries[turn:], *queries[:turn]):
             run = ctx.work / "sweep" / f"{name}-{round_ + 1}"
             run.mkdir(parents=True)
             shared = ["--input", str(run / "input"), *trigger]
             partitions = ["--shuffle-partitions", str(DEFAULT_SHUFFLE_PARTITIONS)]
             if name == "bare":
                 command = bare_command(run, [*shared, *partitions])
+            elif name == TOKENIZER_REFERENCE:
+                command = bare_command(run, [*shared, *partitions, "--tokenizer", "jobs"])
             elif name in naive:
                 parquet = ["--parquet", str(run / "sink"), *naive[name]]
                 command = bare_command(run, [*shared, *partitions, *parquet])
@@ -891,6 +904,8 @@ def markdown(ctx: Context, report: Report, plots: dict[str, str], wall: float) -
         "jobs add to every micro-batch (the tokenizer, the `foreachBatch` Parquet write, the "
         "status listener) weighs more. The sustainable rate is what a live stream can take.\n"
     )
+    if TOKENIZER_REFERENCE in tp.sweeps and bare_sus:
+        add("\n" + tokenizer_reading(tp, bare_sus) + "\n")
 
     add("\n## Throughput\n")
     corpus = tp.corpus
@@ -1426,6 +1441,29 @@ def tuning_notes(report: Report) -> str:
         "available to bound a batch after a long outage.",
     ]
     return "\n".join(notes) + "\n"
+
+
+def tokenizer_reading(tp: ThroughputResult, bare_sus: float) -> str:
+    """What the jobs' tokenizer alone costs the bare query, against what the jobs lose to bare."""
+    tok_sus = tp.sweep(TOKENIZER_REFERENCE).sustainable
+    capacity = (
+        f" (capacity on a backlog: {num(tp.capacity(TOKENIZER_REFERENCE) / tp.capacity('bare'))})"
+        if TOKENIZER_REFERENCE in tp.measurements
+        else ""
+    )
+    jobs = ", ".join(
+        f"{name} {num(tp.sweep(name).sustainable / tok_sus)}"
+        for name in ("word_count", "running_total")
+    )
+    return (
+        f"**The tokenizer's share.** `{TOKENIZER_REFERENCE}` is the bare query with the jobs' "
+        'tokenizer (`spark_jobs/tokenizer.py`) in place of `split(value, " ")`, nothing else '
+        f"changed. It sustains {num(tok_sus / bare_sus)} x bare{capacity}: the price of the "
+        "tokenizer's rules (every line is checked for separators other than the space, and "
+        "empty words are dropped), which `split` does not follow. Against it, sustained "
+        f"words/s: {jobs}. A job's ratio to bare that is no lower than "
+        f"`{TOKENIZER_REFERENCE}`'s is a gap the tokenizer accounts for."
+    )
 
 
 # --- main ------------------------------------------------------------------------------------

@@ -98,7 +98,14 @@ def test_full_mode_sweeps_every_query_in_rounds_that_take_turns(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     mode = report.MODES["full"]
-    limits = {"bare": 30, "naive_wc": 24, "naive_rt": 26, "word_count": 25, "running_total": 22}
+    limits = {
+        "bare": 30,
+        "naive_wc": 24,
+        "naive_rt": 26,
+        "word_count": 25,
+        "running_total": 22,
+        report.TOKENIZER_REFERENCE: 27,
+    }
     ran: list[tuple[str, int, list[float]]] = []  # query, round folder, rates
 
     def fake_sweep(query: Any, _templates: Any, *, rates: list[float], **_: Any) -> Any:
@@ -118,9 +125,11 @@ def test_full_mode_sweeps_every_query_in_rounds_that_take_turns(
 
     tp = report.run_throughput(ctx)
 
-    assert len(ran) == mode.sweep_rounds * len(report.SWEEP_QUERIES)
-    firsts = [name for name, _, _ in ran[:: len(report.SWEEP_QUERIES)]]
-    assert firsts == list(report.SWEEP_QUERIES[: mode.sweep_rounds])  # each round starts anew
+    # The bare query with the jobs' tokenizer is swept with the others (full mode diagnoses)
+    queries = (*report.SWEEP_QUERIES, report.TOKENIZER_REFERENCE)
+    assert len(ran) == mode.sweep_rounds * len(queries)
+    firsts = [name for name, _, _ in ran[:: len(queries)]]
+    assert firsts == list(queries[: mode.sweep_rounds])  # each round starts anew
     # Every round climbs the whole ladder, in a folder of its own
     assert all(rates == pytest.approx(LADDER) for _, _, rates in ran)
     assert len({(name, round_) for name, round_, _ in ran}) == len(ran)
@@ -128,6 +137,11 @@ def test_full_mode_sweeps_every_query_in_rounds_that_take_turns(
         assert len(tp.sweeps[name]) == mode.sweep_rounds
         found = tp.sweep(name).sustainable
         assert any(found == pytest.approx(LADDER[step]) for step in (limit, limit + 1))
+    # and the report reads the jobs against it: sustained rates relative to bare+tok
+    reading = report.tokenizer_reading(tp, tp.sweep("bare").sustainable)
+    tok = tp.sweep(report.TOKENIZER_REFERENCE).sustainable
+    assert f"It sustains {report.num(tok / tp.sweep('bare').sustainable)} x bare:" in reading
+    assert f"word_count {report.num(tp.sweep('word_count').sustainable / tok)}" in reading
 
 
 def test_a_rerun_measures_only_the_sections_that_had_not_finished(tmp_path: Path) -> None:
