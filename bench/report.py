@@ -283,7 +283,7 @@ class ThroughputResult:
 
 SWEEP_QUERIES = ("bare", "naive_wc", "naive_rt", "word_count", "running_total")
 # With `Mode.diagnose`: the bare query with the jobs' tokenizer, swept like the others.
-TOKENIZER_REFERENCE = "bare+tok"
+TOKENIZER_REFERENCE = throughput.TOKENIZER_REFERENCE
 
 
 def run_throughput(ctx: Context) -> ThroughputResult:

@@ -99,6 +99,9 @@ DEFAULT_LINES = 1_000_000
 QUICK_LINES = 100_000
 WORD_COUNT_TARGET = 0.90
 RUNNING_TOTAL_TARGET = 0.80
+# `--diagnose`: the bare query with the jobs' tokenizer, the one change from bare (also swept by
+# `bench/report.py`).
+TOKENIZER_REFERENCE = "bare+tok"
 # The jobs against the same query written the naive way, Parquet included (naive_wc, naive_rt).
 NAIVE_TARGET = 1.0
 ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
@@ -586,7 +589,7 @@ def spark_queries(corpus: Corpus, args: argparse.Namespace) -> list[SparkQuery]:
     queries = [SparkQuery("bare", bare())]
     if args.diagnose:
         queries += [
-            SparkQuery("bare+tok", bare("--tokenizer", "jobs")),
+            SparkQuery(TOKENIZER_REFERENCE, bare("--tokenizer", "jobs")),
             SparkQuery("bare+rocksdb", bare("--state-store-provider", ROCKSDB_PROVIDER)),
         ]
     return [
