@@ -14,7 +14,9 @@ task's log. Paths are relative to the data root.
 - Each run is one stream; up to `$STREAMOPS_MAX_STREAMS_PER_JOB` (default 32) run at once. A run
   for a stream another active run already runs is refused, naming that run. The driver holds its
   checkpoint's lease: a second driver on the checkpoint is refused, naming the one that runs.
-  A retry of this run adopts its live driver instead of starting another. Set the form's
+  A retry of this run adopts its live driver instead of starting another: Airflow retries a
+  try that failed outside the stream (its worker could not reach the api-server, say) up to 5
+  times, 30 s to 5 min apart; a failure of the stream itself is never retried. Set the form's
   *Run ID* to `<stream>__<anything>` so the grid reads as a list of streams (`bin/streamops
   start` does). *Console output* prints each batch's first words into this task's log.
 - A failed driver restarts from its checkpoint with backoff: at most 5 restarts in 30 minutes,
@@ -46,7 +48,8 @@ with DAG(
     doc_md=__doc__,
     params=stream_params("word_count"),
     tags=["streaming", "spark"],
-    default_args={"owner": "data-platform", "retries": 0},
+    # Retries: the operator's own (CONTROL_PLANE_RETRIES), for a try failed outside the stream.
+    default_args={"owner": "data-platform"},
 ) as dag:
     StreamSubmitOperator(task_id="run_stream", job="word_count", conn_id="spark_default")
 

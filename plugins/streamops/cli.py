@@ -52,8 +52,15 @@ DEFAULT_URL = "http://localhost:8080"
 STACK_PASSWORDS = REPO_ROOT / ".airflow" / "simple_auth_manager_passwords.json.generated"
 CHECKPOINT_ACTIONS = ("rotate", "snapshot", "restore", "prune")
 TERMINAL = ("success", "failed")
-#: Retries of a request Airflow answered with a server error (5xx), e.g. a locked SQLite.
-SERVER_ERROR_RETRIES = 3
+#: Retries of a request that is safe to repeat, after a server error (5xx, e.g. a locked SQLite)
+#: or no answer in time (an api-server busy on a small machine): 2, 4 and 6 s apart.
+RETRIES = 3
+#: The status of a request the api-server took but did not answer in time, or whose connection
+#: it dropped (a restart): unlike a refused connection, worth repeating.
+NO_ANSWER = 0
+#: While waiting for a run, how long Airflow may stay unreachable (an api-server restart)
+#: before the wait gives up.
+UNREACHABLE_WHILE_WAITING_SECONDS = 120.0
 EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -63,6 +70,26 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Unreachable(CliError):
+    """No answer from the api-server: nothing listens there, or it did not answer in time."""
+
+    def __init__(self, url: str, reason: object, timeout: float) -> None:
+        if isinstance(reason, TimeoutError):
+            self.reason = f"Airflow at {url} did not answer within {timeout:.1f} s"
+            hint = (
+                "It is up but overloaded or stuck: check its api-server and database (`make "
+                "status`, its log); `streamops status --local` reads the streams' files without "
+                "Airflow."
+            )
+        else:
+            self.reason = f"cannot reach Airflow at {url} ({reason})"
+            hint = (
+                "Is it running (`make status`)? Set --url or $STREAMOPS_AIRFLOW_URL to its "
+                "api-server; `streamops status --local` reads the streams' files without Airflow."
+            )
+        super().__init__(f"{self.reason}. {hint}", EXIT_UNREACHABLE)
 
 
 # --- Airflow's REST API --------------------------------------------------------------------------
@@ -104,16 +131,15 @@ class Airflow:
         self._token: str | None = os.environ.get("STREAMOPS_AIRFLOW_TOKEN") or None
 
     def _request(self, method: str, path: str, body: object, token: str | None) -> tuple[int, Any]:
+        """One request: its status and answer; `(NO_ANSWER, reason)` when it timed out or the
+        connection dropped. A refused connection raises at once: nothing listens there."""
         try:
             return request_json(method, f"{self.url}{path}", body, token, self.timeout)
         except OSError as err:
             reason = getattr(err, "reason", err)
-            raise CliError(
-                f"cannot reach Airflow at {self.url} ({reason}). Is it running (`make status`)? "
-                "Set --url or $STREAMOPS_AIRFLOW_URL to its api-server; `streamops status "
-                "--local` reads the streams' files without Airflow.",
-                EXIT_UNREACHABLE,
-            ) from err
+            if isinstance(reason, (TimeoutError, ConnectionResetError)):
+                return NO_ANSWER, reason
+            raise Unreachable(self.url, reason, self.timeout) from err
 
     def _credentials(self) -> tuple[str, str]:
         user = os.environ.get("STREAMOPS_AIRFLOW_USERNAME")
@@ -133,30 +159,41 @@ class Airflow:
     def login(self) -> None:
         """Get a token with the username and password."""
         user, password = self._credentials()
-        status, body = self._request(
-            "POST", "/auth/token", {"username": user, "password": password}, None
-        )
-        if status not in (200, 201) or not isinstance(body, dict):
+        body = {"username": user, "password": password}
+        status, answer = self._repeated("POST", "/auth/token", body, None)
+        if status not in (200, 201) or not isinstance(answer, dict):
             raise CliError(
                 f"Airflow at {self.url} refused the login of {user!r} (HTTP {status}): check "
                 "$STREAMOPS_AIRFLOW_USERNAME and $STREAMOPS_AIRFLOW_PASSWORD",
                 EXIT_UNREACHABLE,
             )
-        self._token = str(body["access_token"])
+        self._token = str(answer["access_token"])
+
+    def _repeated(self, method: str, path: str, body: object, token: str | None) -> tuple[int, Any]:
+        """A request that is safe to repeat, repeated after a server error or no answer."""
+        for attempt in range(RETRIES + 1):
+            status, answer = self._request(method, path, body, token)
+            if NO_ANSWER < status < 500 or attempt == RETRIES:
+                break
+            time.sleep(2.0 * (attempt + 1))
+        if status == NO_ANSWER:
+            raise Unreachable(self.url, answer, self.timeout)
+        return status, answer
+
+    def _authed(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        """An authenticated request, repeated after a server error or no answer (every caller's
+        request is safe to repeat: a trigger names its run), logging in again once on a 401."""
+        if self._token is None:
+            self.login()
+        status, answer = self._repeated(method, path, body, self._token)
+        if status == 401:
+            self.login()
+            status, answer = self._repeated(method, path, body, self._token)
+        return status, answer
 
     def call(self, method: str, path: str, body: object = None) -> Any:
         """An authenticated call that must succeed; its JSON answer."""
-        if self._token is None:
-            self.login()
-        status, answer = self._request(method, path, body, self._token)
-        if status == 401:
-            self.login()
-            status, answer = self._request(method, path, body, self._token)
-        for attempt in range(SERVER_ERROR_RETRIES if method == "GET" else 0):
-            if status < 500:
-                break
-            time.sleep(2.0 * (attempt + 1))  # a GET is safe to repeat after a server error
-            status, answer = self._request(method, path, body, self._token)
+        status, answer = self._authed(method, path, body)
         if status in (401, 403):
             raise CliError(
                 f"Airflow refused {method} {path} (HTTP {status}): the user needs DAG read and "
@@ -189,15 +226,6 @@ class Airflow:
         result: dict[str, Any] = answer
         return result
 
-    def _authed(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        if self._token is None:
-            self.login()
-        status, answer = self._request(method, path, body, self._token)
-        if status == 401:
-            self.login()
-            status, answer = self._request(method, path, body, self._token)
-        return status, answer
-
     def trigger(
         self, dag_id: str, conf: dict[str, Any], note: str, run_id: str | None = None
     ) -> str:
@@ -207,22 +235,26 @@ class Airflow:
                 f"DAG {dag_id} is paused, so a run would wait forever: unpause it (UI toggle, or "
                 f"`airflow dags unpause {dag_id}`) and run this again"
             )
-        # The run id is chosen here, so that a POST retried after a server error (Airflow on
-        # SQLite answers 500 "Database error" while its database is locked) cannot make two runs.
+        # The run id is chosen here, so that a POST repeated after a server error (Airflow on
+        # SQLite answers 500 "Database error" while its database is locked) or after no answer
+        # cannot make two runs: a repeat finds the run the first attempt made.
         run_id = run_id or f"manual__{datetime.now(UTC).isoformat(timespec='microseconds')}"
         path = f"/api/v2/dags/{dag_id}/dagRuns"
         body = {"logical_date": None, "conf": conf, "note": note, "dag_run_id": run_id}
-        for attempt in range(SERVER_ERROR_RETRIES + 1):
-            status, answer = self._authed("POST", path, body)
-            if status == 409 and attempt > 0:
-                return run_id  # the earlier attempt made the run before its answer was lost
-            if status < 500 or attempt == SERVER_ERROR_RETRIES:
-                break
-            time.sleep(2.0 * (attempt + 1))
+        status, answer = self._authed("POST", path, body)
+        if status == 409 and self._made_by(dag_id, run_id, conf, note):
+            return run_id
         if status >= 300:
             detail = answer.get("detail") if isinstance(answer, dict) else answer
             raise CliError(f"POST {path} failed (HTTP {status}): {detail}", EXIT_USAGE)
         return str(answer["dag_run_id"])
+
+    def _made_by(self, dag_id: str, run_id: str, conf: dict[str, Any], note: str) -> bool:
+        """Whether the run `run_id` is the one this trigger asked for (an earlier attempt made it
+        but its answer was lost), not another with the same id."""
+        quoted = urllib.parse.quote(run_id, safe="")
+        status, run = self._authed("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")
+        return status == 200 and run.get("conf") == conf and run.get("note") == note
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         """The state of a DAG run."""
@@ -230,12 +262,22 @@ class Airflow:
         return str(self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}")["state"])
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> str:
-        """Wait for a run to end; its final state (or the last seen one at the timeout)."""
+        """Wait for a run to end; its final state (or the last seen one at the timeout).
+
+        Airflow out of reach for a while (an api-server restart) does not end the wait; out of
+        reach for longer than `UNREACHABLE_WHILE_WAITING_SECONDS`, it does.
+        """
         deadline = time.monotonic() + timeout
-        state = self.run_state(dag_id, run_id)
+        state, lost_since = self.run_state(dag_id, run_id), None
         while state not in TERMINAL and time.monotonic() < deadline:
             time.sleep(2)
-            state = self.run_state(dag_id, run_id)
+            try:
+                state, lost_since = self.run_state(dag_id, run_id), None
+            except Unreachable as err:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > UNREACHABLE_WHILE_WAITING_SECONDS:
+                    raise
+                print(f"  still waiting: {err.reason}", file=sys.stderr, flush=True)
         return state
 
     def run_url(self, dag_id: str, run_id: str) -> str:

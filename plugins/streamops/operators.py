@@ -59,6 +59,14 @@ if TYPE_CHECKING:
 DRIVER_START_TIMEOUT_SECONDS = 180.0
 #: How long a cleared task waits for the driver it is replacing to stop.
 REPLACE_TIMEOUT_SECONDS = 60.0
+#: Airflow retries of a stream task: for a try that failed outside the stream, e.g. its worker
+#: could not reach the api-server (a scheduler back before the api-server after an outage) or
+#: died. The next try adopts the running driver. A failure of the stream itself raises
+#: `AirflowFailException`, which is never retried: the restart budget governs the driver. Delays:
+#: 30 s, then doubling up to 5 min (about 12 minutes of control-plane trouble in all).
+CONTROL_PLANE_RETRIES = 5
+CONTROL_PLANE_RETRY_DELAY = timedelta(seconds=30)
+CONTROL_PLANE_MAX_RETRY_DELAY = timedelta(minutes=5)
 
 
 class StreamSubmitOperator(SparkSubmitOperator):
@@ -81,6 +89,10 @@ class StreamSubmitOperator(SparkSubmitOperator):
         # Spark's start-up INFO lines would drown the job's own log lines in the task log.
         kwargs.setdefault("conf", {"spark.log.level": "WARN"})
         kwargs.setdefault("application", str(REPO_ROOT / "spark_jobs" / f"{job}.py"))
+        kwargs.setdefault("retries", CONTROL_PLANE_RETRIES)
+        kwargs.setdefault("retry_delay", CONTROL_PLANE_RETRY_DELAY)
+        kwargs.setdefault("retry_exponential_backoff", 2.0)
+        kwargs.setdefault("max_retry_delay", CONTROL_PLANE_MAX_RETRY_DELAY)
         super().__init__(**kwargs)
         self.job = job
         self.restart_budget = restart_budget

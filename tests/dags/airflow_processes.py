@@ -32,15 +32,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 1.0) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+def wait_for(
+    check: Callable[[], T], timeout: float, what: str | Callable[[], str], interval: float = 1.0
+) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`.
+
+    `what` may be a function, to name what was seen while waiting.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {said}")
         time.sleep(interval)
 
 
