@@ -175,7 +175,14 @@ class Airflow:
             status, answer = self._request(method, path, body, token)
             if NO_ANSWER < status < 500 or attempt == RETRIES:
                 break
-            time.sleep(2.0 * (attempt + 1))
+            delay = 2.0 * (attempt + 1)
+            what = f"no answer within {self.timeout:g} s" if status == NO_ANSWER else status
+            print(
+                f"  {method} {path}: {what} from Airflow; trying again in {delay:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(delay)
         if status == NO_ANSWER:
             raise Unreachable(self.url, answer, self.timeout)
         return status, answer

@@ -179,7 +179,7 @@ def test_waiting_for_a_run_outlasts_a_late_answer(
 
 
 def test_an_api_server_that_never_answers_in_time_is_reported_unreachable(
-    slow_api: SlowApiServer, monkeypatch: pytest.MonkeyPatch
+    slow_api: SlowApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = _client(slow_api, monkeypatch)
     slow_api.late["GET"] = 100
@@ -188,6 +188,9 @@ def test_an_api_server_that_never_answers_in_time_is_reported_unreachable(
     with pytest.raises(cli.Unreachable, match=late):
         client.run_state("stream_control", "r1")
     assert len(slow_api.requests) == 1 + cli.RETRIES
+    # And each repeat was announced, so a slow command says what it waits for
+    said = capsys.readouterr().err
+    assert said.count("no answer within 0.5 s from Airflow; trying again in") == cli.RETRIES, said
     assert time.monotonic() - started < 20
 
 
