@@ -97,9 +97,16 @@ def test_a_running_driver_log_is_rotated_in_place(
     # The task log has every line once, in order, up to the last, and every line still in a
     # file; only the lines written in the instant between a copy and its truncation are in
     # neither.
-    in_files = {
-        int(line.split()[0]) for path in [log, *copies] for line in path.read_text().splitlines()
-    }
+    in_files = set()
+    for path in [log, *copies]:
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            # Each line whole or cut short, never empty: on a failure, say where, with its
+            # neighbours and the file's size
+            around = lines[max(0, number - 1) : number + 2]
+            size = path.stat().st_size
+            assert line.split(), f"{path.name} ({size} B), line {number} of {len(lines)}: {around}"
+            in_files.add(int(line.split()[0]))
     assert copied == sorted(set(copied))
     assert copied[-1] == LINES - 1
     assert in_files <= set(copied)
