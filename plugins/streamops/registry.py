@@ -102,7 +102,9 @@ def rotate_driver_log(path: str, keep: int = DRIVER_LOG_KEEP) -> str:
     The driver keeps its log open (it is its stdout), so the file cannot be renamed away: it is
     copied, then truncated, as logrotate's `copytruncate` does. The driver opened it in append
     mode and so writes on at the start of the emptied file. Lines it writes between the copy and
-    the truncation are lost: a few lines at most, since both take milliseconds.
+    the truncation are lost: a few lines at most, since both take milliseconds. A line written
+    in two writes (Python's print under PYTHONUNBUFFERED writes its text, then its newline) can
+    be split by the rotation: its text ends the copy, and the log starts with its newline.
     """
     for n in range(keep - 1, 0, -1):
         if os.path.exists(f"{path}.{n}"):

@@ -115,8 +115,10 @@ MIN_DEFERRAL_SECONDS = 10.0
 KILL_GRACE_SECONDS = 15.0
 
 
-def read_new_lines(path: str, offset: int) -> tuple[list[str], int]:
-    """The complete lines appended to a local file since byte `offset`, and the new offset.
+def read_new_lines(path: str, offset: int, last: bool = False) -> tuple[list[str], int]:
+    """The complete lines appended to a local file since byte `offset`, and the new offset;
+    with `last`, also a last line without its newline (a rotated copy's, which nothing will
+    complete there).
 
     A file shorter than `offset` has been rotated since (`registry.rotate_driver_log`): it is
     read from its start.
@@ -129,7 +131,7 @@ def read_new_lines(path: str, offset: int) -> tuple[list[str], int]:
             data = handle.read(1 << 20)
     except OSError:
         return [], offset
-    end = data.rfind(b"\n")
+    end = len(data) - 1 if last and data else data.rfind(b"\n")
     if end < 0:
         return [], offset
     text = data[: end + 1].decode("utf-8", errors="replace")
@@ -248,8 +250,9 @@ class StreamDriverTrigger(BaseTrigger):
         except OSError as err:
             self.log.warning("stream %s: cannot rotate %s: %s", self.stream, self.driver_log, err)
             return
-        # What the driver wrote since the read above is in the copy now.
-        lines, _ = read_new_lines(rotated, self.log_offset)
+        # What the driver wrote since the read above is in the copy now, up to a line it may
+        # have been writing: its start ends the copy, its newline starts the emptied log.
+        lines, _ = read_new_lines(rotated, self.log_offset, last=True)
         for line in lines:
             self.log.info("driver: %s", line)
         self.log_offset = 0

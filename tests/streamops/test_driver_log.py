@@ -47,6 +47,34 @@ def test_a_rotated_log_is_read_again_from_its_start(tmp_path: Path) -> None:
     assert read_new_lines(str(log), 4) == (["two"], 8)
 
 
+def test_a_rotated_copy_is_read_to_its_last_byte(tmp_path: Path) -> None:
+    copy = tmp_path / "driver.log.1"
+    copy.write_text("one\ntwo")
+    assert read_new_lines(str(copy), 0) == (["one"], 4)
+    # Nothing will finish the copy's last line: its newline went to the emptied log.
+    assert read_new_lines(str(copy), 4, last=True) == (["two"], 7)
+    assert read_new_lines(str(copy), 7, last=True) == ([], 7)
+
+
+def test_a_line_split_by_a_rotation_reaches_the_task_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "driver.log"
+    trigger = StreamDriverTrigger(
+        stream="wc", checkpoint=str(tmp_path), token="t", driver_log=str(log), log_max_bytes=10
+    )
+    trigger._log = logging.getLogger("driver-log-test")
+    caplog.set_level(logging.INFO, logger="driver-log-test")
+    with log.open("ab", buffering=0) as driver:
+        driver.write(b"first line\nsplit")  # the text of a line, then a rotation
+        trigger._copy_log()
+        driver.write(b"\nnext\n")  # its newline, in the emptied log
+        trigger._copy_log()
+    assert Path(f"{log}.1").read_bytes() == b"first line\nsplit"
+    copied = [r.getMessage() for r in caplog.records if r.getMessage().startswith("driver:")]
+    assert copied == ["driver: first line", "driver: split", "driver: ", "driver: next"]
+
+
 def test_a_running_driver_log_is_rotated_in_place(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -64,6 +92,9 @@ def test_a_running_driver_log_is_rotated_in_place(
     with log.open("ab") as out:
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(LINES)],
+            # Unbuffered, print writes a line's text and its newline apart, as a driver run
+            # with PYTHONUNBUFFERED does: a rotation can fall between the two.
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -101,11 +132,15 @@ def test_a_running_driver_log_is_rotated_in_place(
     for path in [log, *copies]:
         lines = path.read_text().splitlines()
         for number, line in enumerate(lines):
-            # Each line whole or cut short, never empty: on a failure, say where, with its
-            # neighbours and the file's size
+            # Each line whole, but for a line split by a rotation: its text ends a copy, and
+            # its newline starts the next file as an empty line. On a failure, say where.
+            if number == 0 and not line:
+                continue
             around = lines[max(0, number - 1) : number + 2]
             size = path.stat().st_size
-            assert line.split(), f"{path.name} ({size} B), line {number} of {len(lines)}: {around}"
+            assert re.fullmatch(r"\d{8} x{90}", line), (
+                f"{path.name} ({size} B), line {number} of {len(lines)}: {around}"
+            )
             in_files.add(int(line.split()[0]))
     assert copied == sorted(set(copied))
     assert copied[-1] == LINES - 1
