@@ -389,6 +389,8 @@ class Latency:
     rate: float
     samples: list[float]
     missing: int  # measured files never seen in the sink
+    # The warm-up's files: a fresh JVM at this rate, catching up with what arrived meanwhile.
+    warmup: list[float] = field(default_factory=list)
 
     def percentile(self, p: float) -> float:
         """The p-th percentile (nearest rank) of the samples, in seconds."""
@@ -427,9 +429,20 @@ def latency(
         query.stop()
     batches = file_batches(query.checkpoint)
     visible = sink_times(query.sink)
-    samples = [
-        visible[batches[w.name]] - w.at
-        for w in measured
-        if w.name in batches and batches[w.name] in visible
-    ]
-    return Latency(query.name, trigger_seconds, rate, samples, len(measured) - len(samples))
+
+    def seen(files: list[Written]) -> list[float]:
+        return [
+            visible[batches[w.name]] - w.at
+            for w in files
+            if w.name in batches and batches[w.name] in visible
+        ]
+
+    samples = seen(measured)
+    return Latency(
+        query.name,
+        trigger_seconds,
+        rate,
+        samples,
+        len(measured) - len(samples),
+        seen(feeder.written[:first]),
+    )

@@ -71,8 +71,18 @@ SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
                 "p99 s",
                 "max s",
                 "p99 / trigger",
+                "warm-up max s",
             ],
-            ["trigger s", "words/s", "samples", "p50 s", "p95 s", "p99 s", "max s"],
+            [
+                "trigger s",
+                "words/s",
+                "samples",
+                "p50 s",
+                "p95 s",
+                "p99 s",
+                "max s",
+                "warm-up max s",
+            ],
         )
     ],
     "State scaling": [
