@@ -59,6 +59,12 @@ stack = load_script("stack")
 feeder = load_script("feeder")
 
 
+# The standalone api-server (one worker, SQLite) has gone silent for over 30 s at a time on two
+# busy cores, with four streams and sink_quality running: the workers' own calls to it were
+# repeated too. A request waits as long as the server's worker timeout (120 s) before it fails.
+API_TIMEOUT = 120
+
+
 def run_stack(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """`scripts/stack.py ARGS` as a user runs it; its output is echoed for the test report."""
     done = subprocess.run(
@@ -77,7 +83,7 @@ def api_get(port: int, path: str, token: str | None = None) -> Any:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=API_TIMEOUT) as response:
         return json.loads(response.read())
 
 
@@ -89,7 +95,7 @@ def api_post(port: int, path: str, body: object, token: str) -> Any:
         method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=API_TIMEOUT) as response:
         return json.loads(response.read())
 
 
@@ -135,7 +141,7 @@ def login(port: int, home: Path) -> str:
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=API_TIMEOUT) as response:
         return str(json.loads(response.read())["access_token"])
 
 
