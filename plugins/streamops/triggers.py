@@ -125,13 +125,16 @@ def read_new_lines(path: str, offset: int, last: bool = False) -> tuple[list[str
     """
     try:
         with open(path, "rb") as handle:
-            if handle.seek(0, os.SEEK_END) < offset:
+            size = handle.seek(0, os.SEEK_END)
+            if size < offset:
                 offset = 0
             handle.seek(offset)
             data = handle.read(1 << 20)
     except OSError:
         return [], offset
-    end = len(data) - 1 if last and data else data.rfind(b"\n")
+    # A last line only at the file's end, not where a read of a long stretch stopped.
+    to_end = offset + len(data) == size
+    end = len(data) - 1 if last and data and to_end else data.rfind(b"\n")
     if end < 0:
         return [], offset
     text = data[: end + 1].decode("utf-8", errors="replace")

@@ -54,6 +54,12 @@ def test_a_rotated_copy_is_read_to_its_last_byte(tmp_path: Path) -> None:
     # Nothing will finish the copy's last line: its newline went to the emptied log.
     assert read_new_lines(str(copy), 4, last=True) == (["two"], 7)
     assert read_new_lines(str(copy), 7, last=True) == ([], 7)
+    # A read stops after 1 MiB: where it stopped is not the copy's end, and no line is cut there.
+    line = b"y" * 99 + b"\n"
+    copy.write_bytes(line * 11_000 + b"tail")
+    lines, offset = read_new_lines(str(copy), 0, last=True)
+    assert set(lines) == {"y" * 99}
+    assert offset == len(lines) * 100 < 1 << 20
 
 
 def test_a_line_split_by_a_rotation_reaches_the_task_log(
