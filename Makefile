@@ -25,11 +25,17 @@ status:  ## is the stack running; each stream's state and last batch
 demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show their output
 	$(BIN)/python scripts/demo.py
 
-test: lint typecheck system-deps  ## lint, type-check and run every test (what CI runs)
-	$(BIN)/pytest
+# The suite runs in parallel: TEST_WORKERS pytest-xdist workers (most tests wait on JVMs and
+# Airflow processes, so a 2-core machine runs more than two), tests that share a stack or a
+# module-scoped fixture kept on one worker (`xdist_group`), the slowest started first.
+TEST_WORKERS ?= 4
+PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
+test: lint typecheck system-deps  ## lint, type-check and run every test in parallel (what CI runs)
+	$(BIN)/pytest $(PARALLEL) --durations=15
 
 test-fast: $(SYNCED)  ## the tests that need no Spark: unit tests and DAG checks
-	$(BIN)/pytest -m "not spark and not slow"
+	$(BIN)/pytest $(PARALLEL) -m "not spark and not slow"
 
 lint: $(SYNCED)  ## ruff lint and format check
 	$(BIN)/ruff check .

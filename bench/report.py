@@ -1,7 +1,8 @@
 """The performance report: every figure measured, plotted and compared in one run.
 
     .venv/bin/python bench/report.py --mode full                 # writes docs/performance.md
-    .venv/bin/python bench/report.py --mode quick --out DIR      # the CI smoke run, into DIR
+    .venv/bin/python bench/report.py --mode quick --out DIR      # small inputs, into DIR
+    .venv/bin/python bench/report.py --mode smoke --out DIR      # the test suite's run, into DIR
 
 One run measures, on this machine and in this order:
 
@@ -25,7 +26,8 @@ One run measures, on this machine and in this order:
 Only ratios within one run mean anything: the machine may be shared, so the report records the
 load average through the run and each throughput run's CPU use by other processes. The report is
 `<out>/performance.md` with its plots in `<out>/performance/`; `--mode full` writes into `docs/`
-unless `--out` says otherwise, `--mode quick` (small inputs, about ten minutes) needs `--out`.
+unless `--out` says otherwise, `--mode quick` (small inputs, about ten minutes) and `--mode smoke`
+(the test suite's run: each section once on the smallest inputs) need `--out`.
 Each finished section is saved in the work folder: a run that failed, started again with the same
 `--workdir`, measures only the sections it had not finished.
 """
@@ -144,6 +146,38 @@ MODES = {
         rotation_batches=5,
         quality_sizes=(10_000,),
         sink_batches=(500, 2_000),
+        state_restart=False,
+        partition_candidates=(PREVIOUS_SHUFFLE_PARTITIONS,),
+        files_per_trigger=(),
+        other_trials=False,
+        diagnose=False,
+    ),
+    # The test suite's run (`tests/bench/test_report.py`): every section and table once, on the
+    # smallest inputs that still give each table its rows. It checks the report's shape, never
+    # its figures: one capacity run and one sweep step per query, no repeats.
+    "smoke": Mode(
+        name="smoke",
+        lines=8_000,
+        files=4,
+        capacity_repeat=1,
+        sweep_start=0.25,
+        sweep_factor=2.0,
+        sweep_steps=1,
+        sweep_rounds=1,
+        step_seconds=1.5,
+        warmup_seconds=1.0,
+        latency_jobs=("word_count",),
+        latency_triggers=(1.0,),
+        latency_warmup=1.0,
+        latency_seconds=2.0,
+        state_sizes=(2_000,),
+        state_batches=2,
+        state_updates=1_000,
+        state_stores=1,
+        parse_repeat=1,
+        rotation_batches=3,
+        quality_sizes=(2_000,),
+        sink_batches=(700, 1_000),
         state_restart=False,
         partition_candidates=(PREVIOUS_SHUFFLE_PARTITIONS,),
         files_per_trigger=(),
@@ -1485,7 +1519,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         help="folder for performance.md and its plots (default docs/ in full mode; required in "
-        "quick mode, so a smoke run never overwrites the published report)",
+        "the other modes, so a small run never overwrites the published report)",
     )
     parser.add_argument("--workdir", type=Path, help="where the runs go (kept); default a temp dir")
     parser.add_argument(
@@ -1496,8 +1530,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.out is None:
-        if args.mode == "quick":
-            parser.error("argument --out: required with --mode quick")
+        if args.mode != "full":
+            parser.error(f"argument --out: required with --mode {args.mode}")
         args.out = ROOT / "docs"
     return args
 

@@ -1,13 +1,22 @@
-"""Shared fixtures: one local SparkSession for the whole run, helpers to feed and read streams."""
+"""Shared fixtures: one local SparkSession per test process, helpers to feed and read streams.
+
+The suite runs in parallel (`make test`: pytest-xdist, `--dist loadgroup`). Each worker is its
+own process with its own SparkSession, AIRFLOW_HOME and temporary folders; tests that share
+something more (a stack, a module-scoped fixture that starts processes) carry an `xdist_group`
+mark and run on one worker. Nothing in a test listens on a fixed port: `free_port()`.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import shutil
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -29,6 +38,56 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import SparkSession
+
+# The tests that wait longest on real processes start first, so that the quick ones fill the
+# workers' gaps at the end instead of a long test starting last (`--no-loadscope-reorder` keeps
+# this order). Within each rank the order is pytest's own.
+START_FIRST = ("slow", "airflow", "integration", "spark")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the run: slow tests first, then Airflow, integration and Spark tests, then the rest.
+
+    Every worker collects the same order (the sort is stable and depends on marks alone), as
+    pytest-xdist requires."""
+
+    def rank(item: pytest.Item) -> int:
+        for position, marker in enumerate(START_FIRST):
+            if item.get_closest_marker(marker) is not None:
+                return position
+        return len(START_FIRST)
+
+    items.sort(key=rank)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def build_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """A folder that `build` fills once per test run, shared by every worker of the run.
+
+    Under pytest-xdist each worker has its own base temporary folder inside the run's; the
+    first worker to ask builds `name` there under a lock, and the others wait for it and read
+    the same folder. A build that failed is tried again by the next one to ask."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder = base / name
+    with (base / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = folder / ".built"
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")

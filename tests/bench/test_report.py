@@ -1,6 +1,6 @@
-"""The performance report's smoke test: quick mode writes a complete, well-formed report.
+"""The performance report's smoke test: smoke mode writes a complete, well-formed report.
 
-It checks the shape of what `bench/report.py --mode quick` writes (every section, the expected
+It checks the shape of what `bench/report.py --mode smoke` writes (every section, the expected
 table columns, numbers where numbers belong, and every plot a valid PNG), never the timings.
 """
 
@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SEPARATOR = re.compile(r"^\|(\s*:?-{3,}:?\s*\|)+\s*$")
 
-pytestmark = [pytest.mark.slow, pytest.mark.spark]
+# One smoke run serves every test here: they run on one worker of a parallel run.
+pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.xdist_group("bench_report")]
 
 # Section -> the tables it must hold (their header rows), and which of their columns are numbers.
 SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
@@ -190,10 +191,14 @@ def is_number(cell: str) -> bool:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run quick mode once into a temporary folder."""
+    """Run smoke mode once into a temporary folder.
+
+    It takes 3 to 6 minutes, the longest fixture of the suite: every section's real queries run,
+    each in the fresh JVM that the report measures them in (about 15 JVM starts), and smoke
+    mode already gives each the smallest input that fills its tables."""
     out = tmp_path_factory.mktemp("performance")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "report.py"), "--mode", "quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "report.py"), "--mode", "smoke", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -206,7 +211,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_report_has_every_section_with_its_tables(report: Path) -> None:
-    """Given a quick run, every section holds its tables with numbers where numbers belong."""
+    """Given a smoke run, every section holds its tables with numbers where numbers belong."""
     text = (report / "performance.md").read_text(encoding="utf-8")
     found = sections(text)
     for section, expected in SECTIONS.items():
@@ -237,7 +242,7 @@ def test_the_jobs_are_measured_against_the_naive_parquet_queries(report: Path) -
     assert any(row[0].startswith("running_total / naive_rt") for row in targets), targets
 
 
-def test_quick_report_never_writes_into_docs(report: Path) -> None:
+def test_smoke_report_never_writes_into_docs(report: Path) -> None:
     """The smoke run writes only where it was told."""
     assert report.resolve() != (ROOT / "docs").resolve()
     assert (report / "performance.md").exists()

@@ -14,7 +14,8 @@ from tests.conftest import ROOT
 from tests.dags.conftest import airflow_env
 from tests.dags.dag_report import MARKER
 
-pytestmark = pytest.mark.airflow
+# One DagBag report serves every test here: they run on one worker of a parallel run.
+pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("dag_integrity")]
 
 APPROVED_TAGS = {"streaming", "spark", "operations", "monitoring", "quality", "checkpoints"}
 DAG_FILES = sorted(p.stem for p in (ROOT / "dags").glob("*.py"))

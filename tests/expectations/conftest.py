@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_jobs.layout import sink_file_name
-from tests.conftest import ROOT, drop_file, job_command
+from tests.conftest import ROOT, build_once, drop_file, job_command
 
 # Six input files, read one per batch (increasing mtimes): the jobs' batches line up.
 INPUT_FILES = [
@@ -88,15 +88,9 @@ def _run_jobs(base: Path) -> None:
 
 @pytest.fixture(scope="session")
 def real_sinks(tmp_path_factory: pytest.TempPathFactory) -> RealSinks:
-    """The sinks of both real jobs on `INPUT_FILES`, written once per test session."""
-    base = tmp_path_factory.getbasetemp() / "quality-real-sinks"
-    done = base / "done"
-    if not done.exists():  # also reached from tests/dags: run the jobs once per session
-        shutil.rmtree(base, ignore_errors=True)
-        base.mkdir(parents=True)
-        _run_jobs(base)
-        done.touch()
-    return RealSinks(base)
+    """The sinks of both real jobs on `INPUT_FILES`, written once per test run (also reached
+    from tests/dags, and from every worker of a parallel run) and only ever copied."""
+    return RealSinks(build_once(tmp_path_factory, "quality-real-sinks", _run_jobs))
 
 
 def rewrite_part(
