@@ -28,6 +28,13 @@ pytest.register_assert_rewrite("tests.streamops.oncall_live")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A pytest-xdist worker runs under execnet, whose `__main__` has neither `__spec__` nor
+# `__file__`. `pyspark.sql.connect` (imported by Great Expectations) takes that for a doctest
+# run without Spark Connect's extras and exits the process (`check_dependencies`): name it.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
+
 # py4j logs at INFO while the interpreter shuts down, after pytest has closed its log streams.
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
