@@ -38,10 +38,10 @@ import pytest
 from spark_jobs.layout import CheckpointLayout
 from spark_jobs.lease import LeaseHolder, process_started, read_lease
 from streamops import registry
-from tests.conftest import drop_file
+from tests.conftest import AIRFLOW_STACK, drop_file
 from tests.dags.airflow_processes import AirflowProcesses, wait_for
 
-pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.slow]
+pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.slow, AIRFLOW_STACK]
 
 STREAMS = {"word_count_stream": "word_count", "running_total_stream": "running_total"}
 BATCH_BOUND_SECONDS = 45.0

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, drop_file, read_sink
+from tests.conftest import AIRFLOW_STACK, ROOT, drop_file, read_sink
 from tests.streamops.oncall_live import check_on_call_surfaces, cli, streams_by_name
 
 # The demo's streams and their DAGs.
@@ -181,6 +181,7 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 
 @pytest.mark.airflow
 @pytest.mark.slow
+@AIRFLOW_STACK
 def test_stack_starts_streams_and_stops_without_orphans(tmp_path: Path) -> None:  # noqa: PLR0915
     home, data = tmp_path / "airflow", tmp_path / "data"
     port, socket_port = stack.free_port(), stack.free_port()
