@@ -28,7 +28,7 @@ demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show
 # The suite runs in parallel: TEST_WORKERS pytest-xdist workers (most tests wait on JVMs and
 # Airflow processes, so a 2-core machine runs more than two), tests that share a stack or a
 # module-scoped fixture kept on one worker (`xdist_group`), the slowest started first.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: lint typecheck system-deps  ## lint, type-check and run every test in parallel (what CI runs)

@@ -58,6 +58,7 @@ from state_scaling import CONFIGS, StateRun
 from state_scaling import measure as measure_state
 from throughput import (
     BARE_SCRIPT,
+    LOG_TAIL_LINES,
     NAIVE_TARGET,
     RUNNING_TOTAL_TARGET,
     WORD_COUNT_TARGET,
@@ -120,6 +121,9 @@ class Mode:
     # `bare+tok` (the jobs' tokenizer) in the capacity runs and the sweep, `bare+rocksdb` in the
     # capacity runs. They say how much of a gap to bare is the tokenizer's or RocksDB's.
     diagnose: bool
+    # Sections that need nothing of the others, measured meanwhile by a second run of this
+    # script (`--only`) beside the main one: the smoke run only checks the report's shape.
+    side_sections: tuple[str, ...] = ()
 
 
 MODES = {
@@ -183,6 +187,7 @@ MODES = {
         files_per_trigger=(),
         other_trials=False,
         diagnose=False,
+        side_sections=("state", "operations"),
     ),
     "full": Mode(
         name="full",
@@ -1528,7 +1533,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="WORKDIR",
         help=f"measure nothing: write the report from the {RESULTS_FILE} a kept run left there",
     )
+    parser.add_argument(
+        "--only",
+        choices=sorted(INDEPENDENT),
+        help="measure this one section into --workdir and stop; a later run with the same "
+        "--workdir keeps it",
+    )
     args = parser.parse_args(argv)
+    if args.only and not args.workdir:
+        parser.error("argument --only: needs --workdir, where the section is kept")
     if args.out is None:
         if args.mode != "full":
             parser.error(f"argument --out: required with --mode {args.mode}")
@@ -1577,6 +1590,43 @@ def section(ctx: Context, name: str, measure: Callable[[], T]) -> T:
     return result
 
 
+# The sections that need no other section's results: `--only` and `Mode.side_sections`.
+INDEPENDENT: dict[str, Callable[[Context], Callable[[], Any]]] = {
+    "state": lambda ctx: lambda: run_state(ctx),
+    "operations": lambda ctx: lambda: run_operations(ctx),
+}
+
+
+class SideSections:
+    """Sections measured by `--only` runs of this script beside the main run, into its work
+    folder, where the main run's `section()` then finds them kept."""
+
+    def __init__(self, ctx: Context, mode: str, names: list[str]) -> None:
+        self.runs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        for name in names:
+            log = ctx.work / f"{name}-alone.log"
+            progress(f"{name}: measured meanwhile by a second run (log {log})")
+            command = [sys.executable, str(Path(__file__).resolve()), "--mode", mode]
+            command += ["--workdir", str(ctx.work), "--only", name, "--out", str(ctx.plots)]
+            with log.open("wb") as out:
+                child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            self.runs[name] = (child, log)
+
+    def wait(self) -> None:
+        """Wait for every side run; a failed one fails the report with its log's end."""
+        for name, (child, log) in self.runs.items():
+            if child.wait() != 0:
+                tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                raise BenchFailure(f"{name} (measured alone, log {log}):\n" + "\n".join(tail))
+        self.runs = {}
+
+    def stop(self) -> None:
+        """End the side runs that are still going."""
+        for child, _log in self.runs.values():
+            child.kill()
+            child.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every section, then write the report and its plots."""
     args = parse_args(argv)
@@ -1595,14 +1645,25 @@ def main(argv: list[str] | None = None) -> int:
     plots.mkdir(parents=True, exist_ok=True)
     ctx = Context(mode, work, plots, spark_env())
     ctx.note_load("start")
+    if args.only:
+        progress(f"{args.only}: measured alone into the work folder {work}")
+        try:
+            section(ctx, args.only, INDEPENDENT[args.only](ctx))
+        except BenchFailure as failure:
+            print(f"\nFAIL: {failure}", flush=True)
+            return 1
+        return 0
     progress(f"performance report, {mode.name} mode, work folder {work}")
+    beside = SideSections(ctx, args.mode, [n for n in mode.side_sections if n in INDEPENDENT])
     try:
         tp = section(ctx, "throughput", lambda: run_throughput(ctx))
         lat = section(ctx, "latency", lambda: run_latency(ctx, tp))
+        beside.wait()
         state = section(ctx, "state", lambda: run_state(ctx))
         ops = section(ctx, "operations", lambda: run_operations(ctx))
         tuning = section(ctx, "tuning", lambda: run_tuning(ctx, tp))
     except BenchFailure as failure:
+        beside.stop()
         print(
             f"\nFAIL: {failure}\n  The work folder {work} keeps every finished section: run "
             f"again with --workdir {work} to measure only the rest.",

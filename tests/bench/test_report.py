@@ -6,7 +6,10 @@ table columns, numbers where numbers belong, and every plot a valid PNG), never 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -189,24 +192,44 @@ def is_number(cell: str) -> bool:
     return True
 
 
+# Why the smoke run failed, once it has: the module's other tests fail with it.
+SMOKE_FAILED: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run smoke mode once into a temporary folder.
 
     It takes 3 to 6 minutes, the longest fixture of the suite: every section's real queries run,
     each in the fresh JVM that the report measures them in (about 15 JVM starts), and smoke
-    mode already gives each the smallest input that fills its tables."""
+    mode already gives each the smallest input that fills its tables. A run that failed fails
+    every test of the module with its output, without running again; the report and every
+    process it started (its own process group) are ended with the fixture."""
+    if SMOKE_FAILED:
+        pytest.fail(SMOKE_FAILED[0])
     out = tmp_path_factory.mktemp("performance")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "report.py"), "--mode", "smoke", "--out", str(out)],
+    command = [sys.executable, str(ROOT / "bench" / "report.py"), "--mode", "smoke"]
+    smoke = subprocess.Popen(
+        [*command, "--out", str(out)],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=1200,
-        check=False,
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert "wrote" in done.stdout  # progress lines while it runs
+    try:
+        output, _ = smoke.communicate(timeout=540)
+    except BaseException as ended:  # the timeout, or the test run's own (pytest-timeout, Ctrl+C)
+        os.killpg(smoke.pid, signal.SIGKILL)
+        output, _ = smoke.communicate()
+        SMOKE_FAILED.append(f"the smoke run did not finish ({ended!r}):\n{output[-4000:]}")
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(smoke.pid, signal.SIGKILL)  # whatever it left of its group
+    if smoke.returncode != 0 or "wrote" not in output:  # progress lines while it runs
+        SMOKE_FAILED.append(f"the smoke run exited {smoke.returncode}:\n{output[-4000:]}")
+        pytest.fail(SMOKE_FAILED[0])
     return out
 
 
