@@ -64,3 +64,23 @@ def test_spark_runs_on_the_bundled_jdk_when_the_machine_has_no_java(tmp_path: Pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert "java 21." in done.stdout
     assert "rows 5" in done.stdout
+
+
+def test_an_xdist_group_runs_on_one_worker(tmp_path: Path) -> None:
+    # `make test` relies on it (the report's smoke run, the tests that run all of Airflow);
+    # pytest 9.2 with pytest-xdist 3.8 silently spread a group over every worker.
+    (tmp_path / "test_grouped.py").write_text(
+        "import os, pytest\n"
+        "pytestmark = pytest.mark.xdist_group('one')\n"
+        "@pytest.mark.parametrize('n', range(6))\n"
+        "def test_where(n):\n"
+        "    print('WORKER', os.environ['PYTEST_XDIST_WORKER'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "3", "--dist", "loadgroup", "-v", "-p",
+         "no:cacheprovider", "-s", str(tmp_path / "test_grouped.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    workers = {line.split()[0] for line in done.stdout.splitlines() if "PASSED" in line}
+    assert len(workers) == 1, done.stdout[-3000:]
