@@ -35,6 +35,7 @@ Each finished section is saved in the work folder: a run that failed, started ag
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import os
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,6 +126,8 @@ class Mode:
     # Sections that need nothing of the others, measured meanwhile by a second run of this
     # script (`--only`) beside the main one: the smoke run only checks the report's shape.
     side_sections: tuple[str, ...] = ()
+    # The Spark queries of a throughput step (capacity runs, a sweep round) run side by side.
+    side_by_side: bool = False
 
 
 MODES = {
@@ -188,6 +192,7 @@ MODES = {
         other_trials=False,
         diagnose=False,
         side_sections=("state", "operations"),
+        side_by_side=True,
     ),
     "full": Mode(
         name="full",
@@ -343,6 +348,7 @@ def run_throughput(ctx: Context) -> ThroughputResult:
             *("--lines", str(ctx.mode.lines), "--files", str(ctx.mode.files)),
             *("--repeat", str(ctx.mode.capacity_repeat)),
             *(["--diagnose"] if ctx.mode.diagnose else []),
+            *(["--side-by-side"] if ctx.mode.side_by_side else []),
         ]
     )
     progress("throughput: capacity on a backlog (bench/throughput.py)")
@@ -356,43 +362,71 @@ def run_throughput(ctx: Context) -> ThroughputResult:
     # One ladder for every query, from the bare query's capacity: same rates, comparable steps.
     start = ctx.mode.sweep_start * result.capacity("bare")
     rates = streaming.rate_ladder(start, ctx.mode.sweep_factor, ctx.mode.sweep_steps)
-    naive = {"naive_wc": ["--per-batch"], "naive_rt": []}
     for round_ in range(ctx.mode.sweep_rounds):
         progress(
             f"throughput: rate sweep, {SWEEP_TRIGGER_SECONDS:.0f} s trigger, "
             f"round {round_ + 1} of {ctx.mode.sweep_rounds}"
         )
         turn = round_ % len(queries)
-        for name in (*queries[turn:], *queries[:turn]):
-            run = ctx.work / "sweep" / f"{name}-{round_ + 1}"
-            run.mkdir(parents=True)
-            shared = ["--input", str(run / "input"), *trigger]
-            partitions = ["--shuffle-partitions", str(DEFAULT_SHUFFLE_PARTITIONS)]
-            if name == "bare":
-                command = bare_command(run, [*shared, *partitions])
-            elif name == TOKENIZER_REFERENCE:
-                command = bare_command(run, [*shared, *partitions, "--tokenizer", "jobs"])
-            elif name in naive:
-                parquet = ["--parquet", str(run / "sink"), *naive[name]]
-                command = bare_command(run, [*shared, *partitions, *parquet])
-            else:
-                command = job_command(name, run, shared)
-            found = streaming.sweep(
-                streaming.LiveQuery(name, command, run, ctx.env),
-                templates,
-                rates=rates,
-                step_seconds=ctx.mode.step_seconds,
-                trigger_seconds=SWEEP_TRIGGER_SECONDS,
-                tick=0.25,
-                warmup_seconds=ctx.mode.warmup_seconds,
-            )
-            result.sweeps[name].append(found)
-            steps = len(found.steps)
-            bound = "" if found.fell_behind else f" or more: kept up at all {steps} steps"
-            progress(f"  {name}: sustainable {found.sustainable:,.0f} words/s{bound}")
-            shutil.rmtree(run / "input", ignore_errors=True)  # up to a few GB; the logs stay
+        ordered = (*queries[turn:], *queries[:turn])
+        one = functools.partial(
+            sweep_one, ctx, round_=round_, templates=templates, rates=rates, trigger=trigger
+        )
+        if not ctx.mode.side_by_side:
+            for name in ordered:
+                result.sweeps[name].append(one(name))
+            continue
+        # Every template file first: the sweeps side by side then only read them.
+        for rate in [rates[0] / 2, *rates]:
+            templates.of(round(rate * SWEEP_TICK_SECONDS))
+        with ThreadPoolExecutor(len(ordered)) as pool:
+            for name, found in zip(ordered, list(pool.map(one, ordered)), strict=True):
+                result.sweeps[name].append(found)
     ctx.note_load("throughput, sweep")
     return result
+
+
+SWEEP_TICK_SECONDS = 0.25
+
+
+def sweep_one(
+    ctx: Context,
+    name: str,
+    *,
+    round_: int,
+    templates: streaming.Templates,
+    rates: list[float],
+    trigger: list[str],
+) -> streaming.Sweep:
+    """One round of the rate sweep of one query."""
+    naive = {"naive_wc": ["--per-batch"], "naive_rt": []}
+    run = ctx.work / "sweep" / f"{name}-{round_ + 1}"
+    run.mkdir(parents=True)
+    shared = ["--input", str(run / "input"), *trigger]
+    partitions = ["--shuffle-partitions", str(DEFAULT_SHUFFLE_PARTITIONS)]
+    if name == "bare":
+        command = bare_command(run, [*shared, *partitions])
+    elif name == TOKENIZER_REFERENCE:
+        command = bare_command(run, [*shared, *partitions, "--tokenizer", "jobs"])
+    elif name in naive:
+        parquet = ["--parquet", str(run / "sink"), *naive[name]]
+        command = bare_command(run, [*shared, *partitions, *parquet])
+    else:
+        command = job_command(name, run, shared)
+    found = streaming.sweep(
+        streaming.LiveQuery(name, command, run, ctx.env),
+        templates,
+        rates=rates,
+        step_seconds=ctx.mode.step_seconds,
+        trigger_seconds=SWEEP_TRIGGER_SECONDS,
+        tick=SWEEP_TICK_SECONDS,
+        warmup_seconds=ctx.mode.warmup_seconds,
+    )
+    steps = len(found.steps)
+    bound = "" if found.fell_behind else f" or more: kept up at all {steps} steps"
+    progress(f"  {name}: sustainable {found.sustainable:,.0f} words/s{bound}")
+    shutil.rmtree(run / "input", ignore_errors=True)  # up to a few GB; the logs stay
+    return found
 
 
 # --- 2. latency ------------------------------------------------------------------------------
@@ -1658,10 +1692,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tp = section(ctx, "throughput", lambda: run_throughput(ctx))
         lat = section(ctx, "latency", lambda: run_latency(ctx, tp))
+        tuning = section(ctx, "tuning", lambda: run_tuning(ctx, tp))
         beside.wait()
         state = section(ctx, "state", lambda: run_state(ctx))
         ops = section(ctx, "operations", lambda: run_operations(ctx))
-        tuning = section(ctx, "tuning", lambda: run_tuning(ctx, tp))
     except BenchFailure as failure:
         beside.stop()
         print(

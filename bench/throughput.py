@@ -862,6 +862,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run bare with the jobs' tokenizer and bare with RocksDB state",
     )
     parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="run the Spark queries at the same time, not one after another: a smoke run of "
+        "the report's code, whose figures then mean nothing",
+    )
+    parser.add_argument(
         "--wait-idle",
         type=float,
         default=0.0,
@@ -906,7 +912,24 @@ def measure(
         wait_for_quiet(args.wait_idle)
         progress(f"pyarrow reference{tag}")
         problems += measure_pyarrow(measurements["pyarrow"], corpus)
-        for query in queries:
+        if args.side_by_side:
+            from concurrent.futures import ThreadPoolExecutor
+
+            progress(f"{', '.join(q.name for q in queries)} side by side{tag}")
+            with ThreadPoolExecutor(len(queries)) as pool:
+                runs = [
+                    pool.submit(
+                        measure_spark,
+                        measurements[q.name],
+                        q,
+                        runs_dir / f"run-{rep}" / q.name,
+                        env,
+                    )
+                    for q in queries
+                ]
+                for run in runs:
+                    run.result()
+        for query in [] if args.side_by_side else queries:
             wait_for_quiet(args.wait_idle)
             progress(f"{query.name}{tag}")
             measure_spark(
