@@ -25,10 +25,11 @@ status:  ## is the stack running; each stream's state and last batch
 demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show their output
 	$(BIN)/python scripts/demo.py
 
-# The suite runs in parallel: TEST_WORKERS pytest-xdist workers (most tests wait on JVMs and
-# Airflow processes, so a 2-core machine runs more than two), tests that share a stack or a
-# module-scoped fixture kept on one worker (`xdist_group`), the slowest started first.
-TEST_WORKERS ?= 3
+# The suite runs in parallel: TEST_WORKERS pytest-xdist workers (default 2; on 2 cores a third
+# worker made the load average 8 to 12 and nothing faster: the JVMs and Airflow processes the
+# tests wait on keep the cores busy), tests that share a stack or a module-scoped fixture kept
+# on one worker (`xdist_group`), the slowest started first.
+TEST_WORKERS ?= 2
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: lint typecheck system-deps  ## lint, type-check and run every test in parallel (what CI runs)

@@ -20,8 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SEPARATOR = re.compile(r"^\|(\s*:?-{3,}:?\s*\|)+\s*$")
 
-# One smoke run serves every test here: they run on one worker of a parallel run.
-pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.xdist_group("bench_report")]
+# One smoke run serves every test here: they run on one worker of a parallel run. It alone may
+# take up to 15 minutes (the suite's 10 are too few for it on a busy 2-core machine, see
+# `report`), and ends every process it started when it runs out.
+SMOKE_TIMEOUT_SECONDS = 840
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.spark,
+    pytest.mark.xdist_group("bench_report"),
+    pytest.mark.timeout(SMOKE_TIMEOUT_SECONDS + 60),
+]
 
 # Section -> the tables it must hold (their header rows), and which of their columns are numbers.
 SECTIONS: dict[str, list[tuple[list[str], list[str]]]] = {
@@ -200,9 +208,12 @@ SMOKE_FAILED: list[str] = []
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run smoke mode once into a temporary folder.
 
-    It takes 3 to 6 minutes, the longest fixture of the suite: every section's real queries run,
-    each in the fresh JVM that the report measures them in (about 15 JVM starts), and smoke
-    mode already gives each the smallest input that fills its tables. A run that failed fails
+    It takes 4 minutes on an idle 2-core machine and up to 12 beside the suite's other tests,
+    the longest fixture of the suite: every section's real queries run, each in a fresh JVM as
+    the report measures them (about 15 JVM starts, CPU-bound). Smoke mode already gives each
+    the smallest input that fills its tables, runs each throughput step's five queries side by
+    side and the independent sections beside the rest; fewer JVMs would mean queries sharing a
+    session, which the report does not measure. A run that failed fails
     every test of the module with its output, without running again; the report and every
     process it started (its own process group) are ended with the fixture."""
     if SMOKE_FAILED:
@@ -218,7 +229,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         start_new_session=True,
     )
     try:
-        output, _ = smoke.communicate(timeout=540)
+        output, _ = smoke.communicate(timeout=SMOKE_TIMEOUT_SECONDS)
     except BaseException as ended:  # the timeout, or the test run's own (pytest-timeout, Ctrl+C)
         os.killpg(smoke.pid, signal.SIGKILL)
         output, _ = smoke.communicate()
