@@ -222,13 +222,21 @@ def wait_for_frame(page: Any, url_end: str, timeout: float) -> Any:
 def check_spark_ui_links(
     context: Any, frame: Any, states: dict[str, str], api: dict[str, Any]
 ) -> None:
-    """Each running stream's row links its driver's UI; the link opens its query's page."""
-    links = frame.eval_on_selector_all(
-        "tr[data-stream] a.spark-ui",
-        "links => Object.fromEntries(links.map(a => "
-        "[a.closest('tr').dataset.stream, [a.href, a.dataset.port]]))",
-    )
+    """Each running stream's row links its driver's UI; the link opens its query's page.
+
+    The page links a UI once its probe from the browser answered, and probes it again every
+    30 s: a UI that was slow to answer on a busy machine gets its link at the next probe."""
     running = {name for name, state in states.items() if state in RUNNING_STATES}
+    deadline = time.monotonic() + 75
+    while True:
+        links = frame.eval_on_selector_all(
+            "tr[data-stream] a.spark-ui",
+            "links => Object.fromEntries(links.map(a => "
+            "[a.closest('tr').dataset.stream, [a.href, a.dataset.port]]))",
+        )
+        if set(links) == running or time.monotonic() > deadline:
+            break
+        frame.wait_for_timeout(2000)  # Playwright takes in the page's refreshes meanwhile
     assert set(links) == running, (links, states)  # the stopped stream has none
     ports = {port for _, port in links.values()}
     assert len(running) >= 2, states
