@@ -25,14 +25,15 @@ status:  ## is the stack running; each stream's state and last batch
 demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show their output
 	$(BIN)/python scripts/demo.py
 
-# The suite runs in parallel: TEST_WORKERS pytest-xdist workers (default 2; on 2 cores a third
-# worker made the load average 8 to 12 and nothing faster: the JVMs and Airflow processes the
-# tests wait on keep the cores busy), tests that share a stack or a module-scoped fixture kept
-# on one worker (`xdist_group`), the slowest started first.
-TEST_WORKERS ?= 2
+# The suite runs on TEST_WORKERS pytest-xdist workers, tests that share a stack or a
+# module-scoped fixture kept on one worker (`xdist_group`), the slowest started first. The
+# default stays 1 until the embedded-stack test passes beside a neighbour: with 2 workers every
+# other test passed, and it failed twice on the Spark UI link of its fourth stream. On 2 cores a
+# third worker only raised the load to 8-12. `make test TEST_WORKERS=2` runs it in 21 min here.
+TEST_WORKERS ?= 1
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-test: lint typecheck system-deps  ## lint, type-check and run every test in parallel (what CI runs)
+test: lint typecheck system-deps  ## lint, type-check and run every test (what CI runs; TEST_WORKERS=2 in parallel)
 	$(BIN)/pytest $(PARALLEL) --durations=15
 
 test-fast: $(SYNCED)  ## the tests that need no Spark: unit tests and DAG checks
