@@ -29,7 +29,7 @@ demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show
 # module-scoped fixture kept on one worker (`xdist_group`), the slowest started first. The
 # default stays 1 until the embedded-stack test passes beside a neighbour: with 2 workers every
 # other test passed, and it failed twice on the Spark UI link of its fourth stream. On 2 cores a
-# third worker only raised the load to 8-12. `make test TEST_WORKERS=2` runs it in 21 min here.
+# third worker only raised the load to 8-12. `make test TEST_WORKERS=2` took 21 min here.
 TEST_WORKERS ?= 1
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 

@@ -208,7 +208,8 @@ SMOKE_FAILED: list[str] = []
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run smoke mode once into a temporary folder.
 
-    It takes 4 minutes on an idle 2-core machine and up to 12 beside the suite's other tests,
+    It took 243 s on an idle 2-core machine and 346 s beside another test worker, over 540 s
+    beside two,
     the longest fixture of the suite: every section's real queries run, each in a fresh JVM as
     the report measures them (about 15 JVM starts, CPU-bound). Smoke mode already gives each
     the smallest input that fills its tables, runs each throughput step's five queries side by
