@@ -1,6 +1,7 @@
 """The SparkSession both jobs run in, and what its driver exposes.
 
-A driver listens on three TCP ports: the Spark UI (4040, or the next free one), the driver RPC
+A driver listens on three TCP ports: the Spark UI (4040, or the next free one that browsers may
+open, `ui_port`), the driver RPC
 endpoint and the block manager. Spark binds the UI to `$SPARK_LOCAL_IP`, or to every interface
 when it is unset, and the other two to the address the machine's name resolves to; the UI has no
 login and, by Spark's default, kill links. A streamops driver instead binds all three to
@@ -15,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -60,6 +61,41 @@ def driver_environment(environ: Mapping[str, str] | None = None) -> dict[str, st
     """
     env = os.environ if environ is None else environ
     return {BIND_ADDRESS_ENV: env.get(BIND_ADDRESS_ENV) or DEFAULT_BIND_ADDRESS}
+
+
+# Ports that browsers refuse to open (the Fetch standard's "bad ports"). Spark takes its UI port
+# from 4040 up, so the sixth driver on a host would listen on 4045, which no browser can load.
+BROWSER_BLOCKED_PORTS = frozenset(
+    {1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95, 101}
+    | {102, 103, 104, 109, 110, 111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161, 179, 389}
+    | {427, 465, 512, 513, 514, 515, 526, 530, 531, 532, 540, 548, 554, 556, 563, 587, 601, 636}
+    | {989, 990, 993, 995, 1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566}
+    | {6665, 6666, 6667, 6668, 6669, 6697, 10080}
+)
+UI_PORT_KEY = "spark.ui.port"
+FIRST_UI_PORT = 4040  # Spark's default
+UI_PORT_TRIES = 100
+
+
+def _port_is_free(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def ui_port(address: str, is_free: Callable[[str, int], bool] = _port_is_free) -> int | None:
+    """The first port from 4040 up that is free on `address` and that browsers may open.
+
+    Spark would take the first free port, blocked or not. Another driver may still take the port
+    between this check and Spark's bind; Spark then takes the next one. None if none is free.
+    """
+    for port in range(FIRST_UI_PORT, FIRST_UI_PORT + UI_PORT_TRIES):
+        if port not in BROWSER_BLOCKED_PORTS and is_free(address, port):
+            return port
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -145,11 +181,23 @@ def build_session(app_name: str) -> SparkSession:
     # runs, with the environment its launcher gave it.
     os.environ.update(driver_environment())
     builder = SparkSession.builder.appName(app_name)
-    for key, value in DRIVER_CONF.items():
+    for key, value in {**DRIVER_CONF, **_ui_port_conf()}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _ui_port_conf() -> dict[str, str]:
+    """`spark.ui.port` for a UI that browsers may open, unless the deployment set one."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # the JVM, with spark-submit's --conf and spark-defaults
+    if SparkConf().contains(UI_PORT_KEY):
+        return {}
+    address = os.environ.get(BIND_ADDRESS_ENV) or DEFAULT_BIND_ADDRESS
+    port = ui_port("0.0.0.0" if address in ("0.0.0.0", "::") else address)
+    return {} if port is None else {UI_PORT_KEY: str(port)}
 
 
 def ui_url(spark: SparkSession) -> str | None:

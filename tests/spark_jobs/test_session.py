@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from spark_jobs.session import driver_environment, unreachable_driver_warning
+import socket
+
+from spark_jobs.session import (
+    BROWSER_BLOCKED_PORTS,
+    _port_is_free,
+    driver_environment,
+    ui_port,
+    unreachable_driver_warning,
+)
 
 
 def test_drivers_listen_on_loopback_unless_the_deployment_says_otherwise() -> None:
@@ -23,3 +31,21 @@ def test_no_warning_when_the_executors_can_reach_the_driver() -> None:
         assert unreachable_driver_warning(master, {}) is None, master
     remote = "spark://spark-master.example:7077"
     assert unreachable_driver_warning(remote, {"SPARK_LOCAL_IP": "10.0.0.7"}) is None
+
+
+def test_the_ui_port_is_one_that_browsers_open() -> None:
+    # Five drivers hold 4040-4044: Spark alone would give the sixth 4045, which browsers refuse.
+    taken = set(range(4040, 4045))
+    assert 4045 in BROWSER_BLOCKED_PORTS
+    assert ui_port("127.0.0.1", lambda _, port: port not in taken) == 4046
+    assert ui_port("127.0.0.1", lambda _, port: True) == 4040
+    assert ui_port("127.0.0.1", lambda _, port: False) is None
+
+
+def test_a_port_held_by_another_process_is_not_free() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert not _port_is_free("127.0.0.1", port)
+    assert _port_is_free("127.0.0.1", port)
