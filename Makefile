@@ -25,15 +25,14 @@ status:  ## is the stack running; each stream's state and last batch
 demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show their output
 	$(BIN)/python scripts/demo.py
 
-# The suite runs on TEST_WORKERS pytest-xdist workers, tests that share a stack or a
-# module-scoped fixture kept on one worker (`xdist_group`), the slowest started first. The
-# default stays 1 until the embedded-stack test passes beside a neighbour: with 2 workers every
-# other test passed, and it failed twice on the Spark UI link of its fourth stream. On 2 cores a
-# third worker only raised the load to 8-12. `make test TEST_WORKERS=2` took 21 min here.
-TEST_WORKERS ?= 1
+# The suite runs on TEST_WORKERS pytest-xdist workers, one per core up to 4, tests that share a
+# stack or a module-scoped fixture kept on one worker (`xdist_group`), the slowest started first.
+# On 2 cores a third worker only raised the load to 8-12. `make test TEST_WORKERS=1` runs it
+# on one.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-test: lint typecheck system-deps  ## lint, type-check and run every test (what CI runs; TEST_WORKERS=2 in parallel)
+test: lint typecheck system-deps  ## lint, type-check and run every test (what CI runs; on TEST_WORKERS workers)
 	$(BIN)/pytest $(PARALLEL) --durations=15
 
 test-fast: $(SYNCED)  ## the tests that need no Spark: unit tests and DAG checks
