@@ -27,7 +27,7 @@ import os
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param, task
 
-from streamops.config import STREAM_NAME_PATTERN, stream_run_id
+from streamops.params import stream_param
 
 with DAG(
     dag_id="checkpoint_rotation",
@@ -36,13 +36,7 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     params={
-        "stream": Param(
-            None,
-            type=["null", "string"],
-            pattern=STREAM_NAME_PATTERN,
-            title="Stream",
-            description="one stream, or empty for every stream",
-        ),
+        "stream": stream_param("one stream, or empty for every stream"),
         "action": Param(
             "rotate", type="string", enum=["rotate", "snapshot", "restore", "prune"], title="Action"
         ),
@@ -71,61 +65,30 @@ with DAG(
     def streams_to_act_on() -> list[str]:
         """The stream named in the Params, or every known stream."""
         from airflow.sdk import get_current_context
-        from airflow.sdk.exceptions import AirflowFailException
 
-        from streamops import registry
+        from streamops.tasks import streams_to_act_on
 
-        params = get_current_context()["params"]
-        known = [r.stream for r in registry.load_all()]
-        if params["stream"]:
-            if params["stream"] not in known:
-                raise AirflowFailException(
-                    f"stream {params['stream']!r} was never started here (known: "
-                    f"{', '.join(known) or 'none yet'})"
-                )
-            return [params["stream"]]
-        return known
+        return streams_to_act_on(
+            get_current_context()["params"]["stream"], doing="acting on the checkpoints of"
+        )
 
     @task
     def act(stream: str) -> dict[str, object]:
         """Stop the stream if it runs, run the action, log sizes; return how to restart it."""
-        from datetime import timedelta
-
         from airflow.sdk import get_current_context
 
-        from streamops import registry
-        from streamops.lifecycle import run_action
+        from streamops.lifecycle import act_on_stream
+        from streamops.tasks import task_owner
 
         context = get_current_context()
-        params = context["params"]
-        record = registry.load(stream)
-        assert record is not None
-        ti = context["ti"]
-        actions = [params["action"]]
-        if context["dag_run"].run_type == "scheduled":
-            actions = ["rotate", "prune"]
-        restart: dict[str, object] = {}
-        for action in actions:
-            outcome = run_action(
-                record,
-                action,
-                owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}#{ti.try_number}",
-                snapshot_id=params["snapshot_id"],
-                keep_count=params["keep_count"],
-                keep_age=timedelta(hours=params["keep_age_hours"]),
-                shuffle_partitions=params["shuffle_partitions"],
-            )
-            print(
-                f"stream {stream}: {action}: {outcome.summary}; size "
-                f"{outcome.size_before:,} -> {outcome.size_after:,} bytes"
-            )
-            if outcome.restart_dag_id:
-                restart = {
-                    "trigger_dag_id": outcome.restart_dag_id,
-                    "trigger_run_id": stream_run_id(stream),
-                    "conf": outcome.restart_conf,
-                }
-        return restart
+        # A scheduled run rotates and prunes; a manual one runs the action of its Params.
+        scheduled = context["dag_run"].run_type == "scheduled"
+        return act_on_stream(
+            stream,
+            ["rotate", "prune"] if scheduled else [context["params"]["action"]],
+            context["params"],
+            owner=task_owner(context["ti"]),
+        )
 
     @task
     def streams_to_restart(outcomes: list[dict[str, object]]) -> list[dict[str, object]]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from streamops.config import STREAM_NAME_PATTERN
+from streamops.params import stream_param
 
 with DAG(
     dag_id="sink_compaction",
@@ -39,13 +39,7 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     params={
-        "stream": Param(
-            None,
-            type=["null", "string"],
-            pattern=STREAM_NAME_PATTERN,
-            title="Stream",
-            description="compact only this stream's sink; empty: every stream",
-        ),
+        "stream": stream_param("compact only this stream's sink; empty: every stream"),
         "target_mb": Param(
             None,
             type=["null", "number"],
@@ -71,9 +65,9 @@ with DAG(
         """The stream named in the Params, or every registered stream."""
         from airflow.sdk import get_current_context
 
-        from streamops.quality import streams_to_validate
+        from streamops.tasks import streams_to_act_on
 
-        return streams_to_validate(
+        return streams_to_act_on(
             get_current_context()["params"].get("stream"), doing="compacting the sinks of"
         )
 
@@ -83,14 +77,14 @@ with DAG(
         from airflow.sdk import get_current_context
 
         from streamops.lifecycle import compact_stream
+        from streamops.tasks import name_map_index, task_owner
 
+        name_map_index(stream)
         context = get_current_context()
-        context["stream"] = stream  # type: ignore[typeddict-unknown-key]  # names the map index
         params = context["params"]
-        ti = context["ti"]
         return compact_stream(
             stream,
-            owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}#{ti.try_number}",
+            owner=task_owner(context["ti"]),
             target_mb=params.get("target_mb"),
             grace_minutes=params.get("grace_minutes"),
         )

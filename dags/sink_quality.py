@@ -41,8 +41,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
-from streamops.config import STREAM_NAME_PATTERN
 from streamops.notifiers import StreamAlertNotifier
+from streamops.params import stream_param
 from streamops.quality import quality_schedule
 
 with DAG(
@@ -59,12 +59,8 @@ with DAG(
             title="Revalidate all",
             description="check every batch of every sink again, not only the new ones",
         ),
-        "stream": Param(
-            None,
-            type=["null", "string"],
-            pattern=STREAM_NAME_PATTERN,
-            title="Stream",
-            description="check only this stream (and the pairs it is in); empty: every stream",
+        "stream": stream_param(
+            "check only this stream (and the pairs it is in); empty: every stream"
         ),
     },
     tags=["quality", "streaming"],
@@ -84,9 +80,11 @@ with DAG(
         """The registered streams to validate."""
         from airflow.sdk import get_current_context
 
-        from streamops.quality import streams_to_validate
+        from streamops.tasks import streams_to_act_on
 
-        return streams_to_validate(get_current_context()["params"].get("stream"))
+        return streams_to_act_on(
+            get_current_context()["params"].get("stream"), doing="validating the sinks of"
+        )
 
     # One at a time: the mapped tasks share the Great Expectations project.
     @task(map_index_template="{{ stream }}", max_active_tis_per_dagrun=1)
@@ -95,9 +93,10 @@ with DAG(
         from airflow.sdk import get_current_context
 
         from streamops.quality import validate_stream
+        from streamops.tasks import name_map_index
 
+        name_map_index(stream)
         context = get_current_context()
-        context["stream"] = stream  # type: ignore[typeddict-unknown-key]  # names the map index
         params = context["params"]
         return validate_stream(stream, bool(params.get("revalidate_all")), context["run_id"])
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param, task
 
-from streamops.config import STREAM_NAME_PATTERN
+from streamops.params import stream_param
 
 with DAG(
     dag_id="stream_control",
@@ -21,7 +21,7 @@ with DAG(
     catchup=False,
     doc_md=__doc__,
     params={
-        "stream": Param("word_count", type="string", pattern=STREAM_NAME_PATTERN, title="Stream"),
+        "stream": stream_param("the stream to stop", default="word_count"),
         "action": Param("stop", type="string", enum=["stop"], title="Action"),
     },
     tags=["streaming", "operations"],
@@ -34,21 +34,12 @@ with DAG(
         from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
-        from spark_jobs.layout import CheckpointLayout
-        from streamops import registry
+        from streamops import lifecycle, registry
 
-        params = get_current_context()["params"]
-        record = registry.load(params["stream"])
-        if record is None:
-            known = ", ".join(r.stream for r in registry.load_all()) or "none yet"
-            raise AirflowFailException(
-                f"stream {params['stream']!r} was never started here (known streams: {known})"
-            )
-        layout = CheckpointLayout.of(record.checkpoint)
-        layout.stop_request.write_text_atomic("stop\n")
-        record.desired = "stopped"
-        registry.save(record)
-        return f"stop requested for stream {record.stream} ({layout.stop_request})"
+        try:
+            return lifecycle.request_stop(get_current_context()["params"]["stream"])
+        except registry.UnknownStream as err:
+            raise AirflowFailException(str(err)) from err
 
     request_stop()
 

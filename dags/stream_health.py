@@ -62,10 +62,10 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 
-from streamops.config import STREAM_NAME_PATTERN
 from streamops.notifiers import StreamAlertNotifier
+from streamops.params import stream_param
 
 with DAG(
     dag_id="stream_health",
@@ -74,12 +74,8 @@ with DAG(
     max_active_runs=1,
     doc_md=__doc__,
     params={
-        "stream": Param(
-            None,
-            type=["null", "string"],
-            pattern=STREAM_NAME_PATTERN,
-            title="Stream",
-            description="check only this stream; empty: every stream that should be running",
+        "stream": stream_param(
+            "check only this stream; empty: every stream that should be running"
         ),
     },
     tags=["streaming", "monitoring"],
@@ -97,133 +93,30 @@ with DAG(
     def list_streams() -> list[str]:
         """The names of the registered streams that should be running; resolves the incidents
         of the others (stopped on purpose, or no longer registered)."""
-        from datetime import UTC, datetime
-
         from airflow.sdk import get_current_context
-        from airflow.sdk.exceptions import AirflowFailException
 
-        from streamops import registry
+        from streamops.health_checks import streams_to_check
 
-        only = get_current_context()["params"].get("stream")
-        records = registry.load_all()
-        if only and only not in {record.stream for record in records}:
-            known = ", ".join(record.stream for record in records) or "none yet"
-            raise AirflowFailException(
-                f"stream {only!r} is not registered (known streams: {known}); it is registered "
-                "when its stream DAG first starts it"
-            )
-        wanted = [
-            record.stream
-            for record in records
-            if record.desired == "running" and (not only or record.stream == only)
-        ]
-        stopped = sorted({record.stream for record in records} - set(wanted))
-        print(f"checking {len(wanted)} streams: {wanted}; not expected to run: {stopped}")
-        if not only:
-            from streamops.incidents import IncidentStore, update
-            from streamops.notifiers import IncidentChannels
-
-            for stream in sorted({i.stream for i in IncidentStore().all()} - set(wanted)):
-                print(f"stream {stream}: not expected to run: resolving its incidents")
-                update(stream, [], datetime.now(UTC), IncidentChannels())
-        return wanted
+        return streams_to_check(get_current_context()["params"].get("stream"))
 
     @task(map_index_template="{{ stream }}")
     def check_stream(stream: str) -> dict[str, Any]:
         """Evaluate one stream's health, update its incidents (and notify), fail with one line
         per breach, worst first."""
-        from datetime import UTC, datetime
+        from streamops import health_checks
+        from streamops.tasks import name_map_index
 
-        from airflow.sdk import get_current_context
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from spark_jobs.layout import CheckpointLayout
-        from spark_jobs.status import read_status
-        from streamops import registry
-        from streamops.health import Breach, HealthThresholds, backlog_of, evaluate, parse_time
-        from streamops.incidents import AlertSettings, update
-        from streamops.notifiers import IncidentChannels
-
-        context = get_current_context()
-        context["stream"] = stream  # type: ignore[typeddict-unknown-key]  # names the map index
-        try:
-            thresholds = HealthThresholds.from_env()
-            settings = AlertSettings.from_env()
-        except ValueError as err:
-            raise AirflowFailException(
-                f"stream {stream}: invalid health or alert settings: {err}"
-            ) from err
-        record = registry.load(stream)
-        if record is None:
-            return {"stream": stream, "checked": False, "reason": "no longer registered"}
-        now = datetime.now(UTC)
-        status = backlog = None
-        try:
-            status = read_status(record.checkpoint)
-        except (ValueError, TypeError, OSError) as err:
-            breaches = [
-                Breach(
-                    stream,
-                    "not_running",
-                    "status unreadable",
-                    f"stream {stream}: not_running (its status file "
-                    f"{CheckpointLayout.of(record.checkpoint).status_file} is unreadable: {err})"
-                    " — check the job's log; the next batch rewrites the file",
-                )
-            ]
-        else:
-            breaches = []
-            try:
-                backlog = backlog_of(record)
-            except OSError as err:
-                breaches.append(
-                    Breach(
-                        stream,
-                        "check_error",
-                        "backlog unknown",
-                        f"stream {stream}: backlog unknown (cannot list {record.input} or read "
-                        f"the checkpoint's source log: {err}) — check the workers' access to "
-                        "the data root",
-                    )
-                )
-            breaches = evaluate(record, status, now, thresholds, backlog) + breaches
-        restart = (record.restarts[-1], record.last_error or "") if record.restarts else None
-        update(stream, breaches, now, IncidentChannels(), settings, restart=restart)
-        if breaches:
-            raise AirflowFailException("\n".join(breach.message for breach in breaches))
-        return {
-            "stream": stream,
-            "checked": True,
-            "state": status.state if status else None,
-            "last_batch_id": status.last_batch.batch_id if status and status.last_batch else None,
-            "status_age_seconds": (
-                round((now - parse_time(status.updated_at)).total_seconds()) if status else None
-            ),
-            "backlog_files": backlog.files if backlog else None,
-        }
+        name_map_index(stream)
+        return health_checks.check_stream(stream)
 
     @task(on_failure_callback=StreamAlertNotifier())
     def stop_orphan_drivers() -> list[str]:
         """Ask every live driver whose stream DAG run is no longer active to stop."""
         from airflow.sdk import get_current_context
 
-        from streamops import registry
-        from streamops.supervision import dagrun_state, orphan_drivers
-        from streamops.triggers import stop_driver
+        from streamops import health_checks
 
-        ti = get_current_context()["ti"]
-        stopped = []
-        for record, holder in orphan_drivers(
-            registry.load_all(), lambda dag_id, run_id: dagrun_state(ti, dag_id, run_id)
-        ):
-            done = stop_driver(record.checkpoint, holder.token, grace_seconds=0, kill=False)
-            if done:
-                print(
-                    f"stream {record.stream}: its driver ({holder.describe()}) has no active "
-                    f"run of its DAG: {done}"
-                )
-                stopped.append(record.stream)
-        return stopped
+        return health_checks.stop_orphan_drivers(get_current_context()["ti"])
 
     check_stream.expand(stream=list_streams())
     stop_orphan_drivers()

@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from streamops import registry
 from streamops.config import REPO_ROOT, data_root, stream_run_id
 
 DEFAULT_URL = "http://localhost:8080"
@@ -412,8 +413,8 @@ def cmd_status(args: argparse.Namespace, airflow: Airflow) -> int:
     if args.stream:
         chosen = [s for s in view["streams"] if s["stream"] == args.stream]
         if not chosen:
-            known = ", ".join(s["stream"] for s in view["streams"]) or "none yet"
-            raise CliError(f"no stream {args.stream!r} is registered (known: {known})")
+            known = (s["stream"] for s in view["streams"])
+            raise CliError(str(registry.UnknownStream(args.stream, known)))
         view = {**view, "streams": chosen}
     if args.json:
         print(json.dumps(view, indent=2))

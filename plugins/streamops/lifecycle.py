@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from spark_jobs import checkpoints
 from spark_jobs.layout import CheckpointLayout
 from spark_jobs.lease import Lease, LeaseHeld
 from spark_jobs.storage import Location
 from streamops import registry
+from streamops.config import stream_run_id
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,53 @@ def run_action(
         restart_dag_id=record.dag_id if was_running else None,
         restart_conf=conf,
     )
+
+
+def act_on_stream(
+    stream: str, actions: list[Action], params: Mapping[str, Any], owner: str
+) -> dict[str, object]:
+    """Run `actions` on a stream's checkpoint with the `checkpoint_rotation` Params; log sizes.
+
+    Returns what restarts the stream (a `TriggerDagRunOperator`'s arguments) when it ran before,
+    else an empty dict."""
+    record = registry.load(stream)
+    if record is None:
+        raise registry.UnknownStream(stream, (r.stream for r in registry.load_all()))
+    restart: dict[str, object] = {}
+    for action in actions:
+        outcome = run_action(
+            record,
+            action,
+            owner=owner,
+            snapshot_id=params["snapshot_id"],
+            keep_count=params["keep_count"],
+            keep_age=timedelta(hours=params["keep_age_hours"]),
+            shuffle_partitions=params["shuffle_partitions"],
+        )
+        print(
+            f"stream {stream}: {action}: {outcome.summary}; size "
+            f"{outcome.size_before:,} -> {outcome.size_after:,} bytes"
+        )
+        if outcome.restart_dag_id:
+            restart = {
+                "trigger_dag_id": outcome.restart_dag_id,
+                "trigger_run_id": stream_run_id(stream),
+                "conf": outcome.restart_conf,
+            }
+    return restart
+
+
+def request_stop(stream: str) -> str:
+    """Ask a stream's driver to stop at the next batch boundary, and record that it should no
+    longer run (the `stream_control` DAG)."""
+    record = registry.load(stream)
+    if record is None:
+        raise registry.UnknownStream(stream, (r.stream for r in registry.load_all()))
+    layout = CheckpointLayout.of(record.checkpoint)
+    layout.stop_request.write_text_atomic("stop\n")
+    record.desired = "stopped"
+    registry.save(record)
+    return f"stop requested for stream {record.stream} ({layout.stop_request})"
 
 
 def compact_stream(

@@ -25,15 +25,24 @@ def _path(name: str) -> Param:
     )
 
 
+def stream_param(description: str, default: str | None = None, title: str = "Stream") -> Param:
+    """The `stream` Param of every DAG: a stream name, or (without a default) empty for all."""
+    return Param(
+        default,
+        type="string" if default else ["null", "string"],
+        pattern=STREAM_NAME_PATTERN,
+        title=title,
+        description=description,
+    )
+
+
 def stream_params(job: str) -> dict[str, Param]:
     """The Params of a stream DAG running `job`."""
     params = {
-        "stream": Param(
-            job,
-            type="string",
-            pattern=STREAM_NAME_PATTERN,
+        "stream": stream_param(
+            "names the stream everywhere (health checks, alerts, stream_control)",
+            default=job,
             title="Stream name",
-            description="names the stream everywhere (health checks, alerts, stream_control)",
         ),
         "source": Param("file", type="string", enum=list(SOURCES), title="Source"),
         "input": _path("input"),

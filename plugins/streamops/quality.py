@@ -64,24 +64,6 @@ def quality_schedule() -> AssetOrTimeSchedule:
 # Task bodies (run on the worker)
 
 
-def streams_to_validate(only: str | None, doing: str = "validating the sinks of") -> list[str]:
-    """The registered streams to act on: all, or `only`."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from streamops import registry
-
-    records = registry.load_all()
-    names = [record.stream for record in records]
-    if only and only not in names:
-        raise AirflowFailException(
-            f"stream {only!r} is not registered (known streams: {', '.join(names) or 'none yet'}); "
-            "it is registered when its stream DAG first starts it"
-        )
-    chosen = [name for name in names if not only or name == only]
-    print(f"{doing} {len(chosen)} streams: {chosen}")
-    return chosen
-
-
 def validate_stream(stream: str, revalidate_all: bool, run: str) -> dict[str, Any]:
     """Validate one stream's new batches; fail with what failed, where, and samples."""
     from airflow.sdk.exceptions import AirflowFailException

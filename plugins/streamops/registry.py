@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -144,3 +144,25 @@ def load_all(root: str | None = None) -> list[StreamRecord]:
         for info in folder.list()
         if info.base_name.endswith(".json") and not info.base_name.startswith(".")
     ]
+
+
+class UnknownStream(LookupError):
+    """A stream name that no record has: the one message for the DAGs, the page and the CLI."""
+
+    def __init__(self, stream: str, known: Iterable[str]) -> None:
+        names = ", ".join(sorted(known)) or "none yet"
+        super().__init__(
+            f"no stream {stream!r} is registered (known: {names}); a stream is registered when "
+            "its stream DAG first starts it"
+        )
+
+
+def select(only: str | None, root: str | None = None) -> list[StreamRecord]:
+    """Every stream's record, or only the one named; `UnknownStream` if none has that name."""
+    records = load_all(root)
+    if not only:
+        return records
+    chosen = [record for record in records if record.stream == only]
+    if not chosen:
+        raise UnknownStream(only, (record.stream for record in records))
+    return chosen

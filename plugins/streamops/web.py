@@ -30,6 +30,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
+from streamops import registry
 from streamops.config import REPO_ROOT, data_root
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,8 @@ def create_app() -> FastAPI:
             if item.stream == stream:
                 result: dict[str, Any] = item.to_dict()
                 return result
-        known = ", ".join(s.stream for s in view.streams) or "none yet"
-        raise HTTPException(
-            status_code=404,
-            detail=f"no stream {stream!r} is registered (known: {known}); a stream is "
-            "registered when its stream DAG first starts it",
-        )
+        unknown = registry.UnknownStream(stream, (s.stream for s in view.streams))
+        raise HTTPException(status_code=404, detail=str(unknown))
 
     @app.get("/metrics", dependencies=[Depends(require_metrics_token)])
     def metrics() -> Response:
