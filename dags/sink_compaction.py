@@ -9,15 +9,15 @@ stream (`bin/streamops compact STREAM`).
 Per stream (one mapped `compact_sink` task each, code in `spark_jobs/compaction.py`):
 
 - only batches its checkpoint has **committed** are merged: a newer batch may still be replayed;
-- the merged files stay for the *Grace period* (default 60 minutes), so that reads already under
-  way end, then go;
+- the merged files leave the sink folder as soon as it commits, into `_superseded/`, where they
+  stay for the *Grace period* (default 60 minutes) so that reads already under way end, then go;
 - it never runs beside another compaction, a restore or a rotation of the same sink (the sink's
   maintenance lease); a busy sink is skipped and the task says by whom.
 
-Readers must follow the **reader contract** (`docs/sinks.md`): read the files
-`spark_jobs.sinks.sink_files(SINK)` lists, e.g.
-`pd.read_parquet(sink_files("data/streams/word_count/sink"))`. A plain
-`pd.read_parquet(SINK)` sees merged batches twice during the grace period.
+Readers that follow the **reader contract** (`docs/sinks.md`) read every batch once at every
+moment: `spark_jobs.sinks.read_sink(SINK)`, or the files `sink_files(SINK)` lists. A plain
+`pd.read_parquet(SINK)` reads every batch once too, but within a commit's few milliseconds,
+when it may count merged batches twice or fail on a missing file.
 
 Each task logs what it merged, the bytes before and after, and what it deleted; the Streams page
 shows each sink's files, size and last compaction.

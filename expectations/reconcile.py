@@ -57,6 +57,7 @@ from expectations.validate import (
     part_files,
     read_rows,
     read_schemas,
+    sink_location,
     to_pandas,
     with_element_count,
 )
@@ -323,7 +324,7 @@ def read_sink(
 ) -> tuple[pd.DataFrame, list[int]]:
     """The batch id, word and value columns of the batches after `after` (through `through`) in
     every file with the contract's schema, and the batch ids read."""
-    sink = Location.of(target.sink)
+    sink = sink_location(target.sink)
     files = [
         f for f in part_files(sink) if f.last > after and (through is None or f.first <= through)
     ]
@@ -347,7 +348,7 @@ class RowsThrough:
     a compacted row group counts at its last batch)."""
 
     def __init__(self, target: StreamSink, after: int) -> None:
-        sink = Location.of(target.sink)
+        sink = sink_location(target.sink)
         files = [f for f in part_files(sink) if f.last > after]
         groups = sorted(
             (last, rows) for s in read_schemas(sink, files) for _, last, rows in s.row_groups
@@ -500,7 +501,7 @@ def reconcile_pair(
         sink=f"{word_count.sink} and {running_total.sink}",
         checked="",
     )
-    wc_sink = Location.of(word_count.sink)
+    wc_sink = sink_location(word_count.sink)
     first = read_schemas(wc_sink, part_files(wc_sink)[:1])
     wc_contract = suites.contract_for("word_count", first[0].schema if first else None)
     if wc_contract is suites.WINDOWED_WORD_COUNT:

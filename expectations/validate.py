@@ -98,6 +98,12 @@ class StreamSink:
 PartFile = SinkFile
 
 
+def sink_location(sink: str) -> Location:
+    """A sink's folder as the reader contract reads it: a listed file that a compaction moved to
+    `_superseded/` since is still opened (`SinkLayout.reader`)."""
+    return SinkLayout.of(sink).reader()
+
+
 def part_files(sink: Location) -> list[PartFile]:
     """The sink's live files (`live_files`), by batch id; hidden files being written are not
     listed, nor files a compaction merged."""
@@ -712,7 +718,7 @@ class QualityRunner:
 
     def validate_stream(self, target: StreamSink, revalidate_all: bool = False) -> Report:
         """Validate a stream's batches new since its last validation (or all), record it."""
-        sink = Location.of(target.sink)
+        sink = sink_location(target.sink)
         files = part_files(sink)
         state = ValidationState.load(self.root, target.stream)
         truncations = SinkHistory.read(SinkLayout(sink)).truncations

@@ -432,10 +432,9 @@ def _final_totals(sink: Location, last_sink_batch_id: int | None) -> pa.Table:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
+    layout = SinkLayout(sink)
     files = [
-        f.path
-        for f in SinkLayout(sink).live()
-        if last_sink_batch_id is None or f.first <= last_sink_batch_id
+        f.path for f in layout.live() if last_sink_batch_id is None or f.first <= last_sink_batch_id
     ]
     fields: list[pa.Field[Any]] = [
         pa.field("word", pa.string()),
@@ -444,7 +443,7 @@ def _final_totals(sink: Location, last_sink_batch_id: int | None) -> pa.Table:
     schema = pa.schema(fields)
     if not files:
         return schema.empty_table()
-    table = ds.dataset(files, filesystem=sink.filesystem, format="parquet").to_table(
+    table = ds.dataset(files, filesystem=layout.reader().filesystem, format="parquet").to_table(
         columns=["word", "total", "batch_id"],
         filter=None if last_sink_batch_id is None else ds.field("batch_id") <= last_sink_batch_id,
     )

@@ -10,20 +10,33 @@ reader pays for listing and opening them (`docs/sinks.md` has the figures). Comp
    batch: only those can be replayed (a checkpoint restore truncates the sink first, under the
    same lease).
 3. It walks the live files (`layout.live_files`) in batch order and streams consecutive small
-   ones into a new file, written under a hidden name and renamed into place. From that instant
-   the new file supersedes the files it merged: a reader following the contract reads it and
-   skips them; a reader that listed the folder just before still reads the old files.
-4. Files superseded for longer than the grace period (default one hour) are deleted, as Delta
-   Lake's VACUUM deletes files no snapshot needs: a read must end within the grace period.
+   ones into a new file, written under a hidden name. Then it commits (`_commit`): the file is
+   renamed into place, and the files it merged are moved to `_superseded/` right after, with
+   nothing in between. From the rename on, a reader following the contract reads the new file
+   and skips the merged ones; from the last move on, so does a reader of the folder itself. A
+   read through `layout.SinkLayout.reader` (`sinks.read_sink`, the quality checks) that listed
+   the merged files before still finds them, in `_superseded/<time>/`.
+4. Files superseded for longer than the grace period (default one hour) are deleted from
+   `_superseded/`, as Delta Lake's VACUUM deletes files no snapshot needs: a read must end within
+   the grace period.
+
+The commit window, between the rename and the last move, is the only time a plain reader of the
+folder can be wrong: a read that overlaps it may list the new file beside files it merged, and
+count their batches twice, or list files that are gone when it opens them, and fail. The other
+order (moves first) would make readers of the contract miss those batches for the window
+instead. Each commit's window is in `CompactionResult.commit_windows`; docs/sinks.md has the
+figures.
 
 Retention (off by default; `CompactionPolicy.retention_seconds`) runs first, in the same run: the
 oldest live files whose newest batch is older than the age limit expire in one step, by a
-tombstone (`layout.tombstone_name`), and are deleted after the same grace period. The newest file
-never expires, so batch ids go on after a long stop. A compacted file spans at most `span_seconds`
-of batch time (default a day), so data outlives the limit by at most that.
+tombstone (`layout.tombstone_name`), are moved to `_superseded/` right after it, and are deleted
+after the same grace period. The newest file never expires, so batch ids go on after a long
+stop. A compacted file spans at most `span_seconds` of batch time (default a day), so data
+outlives the limit by at most that.
 
-A kill at any point leaves either the old files alone, or the new file beside the files it
-supersedes: a reader sees every batch exactly once in both cases, and the next run goes on.
+A kill at any point leaves either the old files alone, or the new file beside some of the files
+it supersedes: a reader of the contract sees every batch exactly once in both cases, and the next
+run moves what is left to `_superseded/` first and goes on.
 
 Only pyarrow and the standard library are imported: the Airflow workers run this code.
 """
@@ -38,6 +51,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -48,6 +62,7 @@ from spark_jobs.layout import (
     SinkLayout,
     SinkLayoutError,
     expired_before,
+    list_sink_files,
     live_files,
     sink_file_name,
     superseded_files,
@@ -68,6 +83,7 @@ DEFAULT_SPAN_SECONDS = 86400.0
 ROW_GROUP_ROWS = 1_000_000
 TEMP_PREFIX = ".compact-"
 HISTORY_KEEP = 50
+T = TypeVar("T")
 
 
 class SinkBusy(RuntimeError):
@@ -159,6 +175,14 @@ class CompactionResult:
     expired: int = 0
     expired_before: int = 0
     seconds: float = 0.0
+    #: Each commit's window (`time.monotonic()` seconds, start and end): from just before its
+    #: new file or tombstone was renamed into place to the last move of the files it supersedes.
+    commit_windows: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def longest_commit_ms(self) -> float | None:
+        """The longest commit window of the run, in milliseconds (None: nothing committed)."""
+        return max((1000 * (end - start) for start, end in self.commit_windows), default=None)
 
     def summary(self) -> str:
         """One line for logs and task output."""
@@ -175,9 +199,11 @@ class CompactionResult:
             if self.expired
             else ""
         )
+        window = self.longest_commit_ms
+        commits = "" if window is None else f" (commit window up to {window:.1f} ms)"
         return (
-            f"{head}{expired}; deleted {self.deleted:,} superseded files; committed batches "
-            f"through {self.through_batch_id}; {self.files_before:,} files before; "
+            f"{head}{expired}{commits}; deleted {self.deleted:,} superseded files; committed "
+            f"batches through {self.through_batch_id}; {self.files_before:,} files before; "
             f"{self.seconds:.1f} s"
         )
 
@@ -260,11 +286,13 @@ def compact(
         files = layout.files()
         result = CompactionResult(through, sum(1 for f in files if not f.tombstone))
         result.expired_before = expired_before(files)
+        if _hide_superseded(layout, files, lease):
+            files = layout.files()
         if through is not None:
             if policy.retention_seconds is not None:
                 _expire(
                     layout,
-                    live_files(files),
+                    files,
                     through=through,
                     max_age_seconds=policy.retention_seconds,
                     lease=lease,
@@ -310,15 +338,55 @@ def compact(
                     "deleted": result.deleted,
                     "expired": result.expired,
                     "seconds": round(result.seconds, 3),
+                    "commit_ms": (
+                        None
+                        if result.longest_commit_ms is None
+                        else round(result.longest_commit_ms, 3)
+                    ),
                 }
             )
             history.write(layout)
     return result
 
 
+def _hide_superseded(layout: SinkLayout, files: list[SinkFile], lease: _MaintenanceLease) -> int:
+    """Move the superseded files and tombstones of the visible set to `_superseded/` (those a
+    killed commit left, or an older version of this code); how many."""
+    superseded = [old for old, _holder in superseded_files(files)]
+    if superseded:
+        lease.check()
+        folder = layout.superseded_folder(datetime.now(UTC))
+        for old in superseded:
+            layout.hide(old, folder)
+        log.info("moved %d superseded files to %s", len(superseded), folder)
+    return len(superseded)
+
+
+def _commit(
+    layout: SinkLayout,
+    put_in_place: Callable[[], T],
+    superseded: list[SinkFile],
+    result: CompactionResult,
+) -> T:
+    """Rename a new file or tombstone into place, then at once move the files it supersedes
+    out of the visible set, in the order given, into a new folder of `_superseded/` named after
+    this moment; record the commit window.
+
+    Nothing but renames runs in the window: the new file is written and closed, and the folder
+    made, before it starts.
+    """
+    folder = layout.superseded_folder(datetime.now(UTC))
+    started = time.monotonic()
+    placed = put_in_place()
+    for f in superseded:
+        layout.hide(f, folder)
+    result.commit_windows.append((started, time.monotonic()))
+    return placed
+
+
 def _expire(
     layout: SinkLayout,
-    live: list[SinkFile],
+    files: list[SinkFile],
     *,
     through: int,
     max_age_seconds: float,
@@ -326,10 +394,11 @@ def _expire(
     result: CompactionResult,
 ) -> None:
     """Expire the oldest committed live files whose newest batch is older than the limit, all in
-    one step: a tombstone before the first file kept. Never the newest live file."""
+    one step: a tombstone before the first file kept, then the files (and the tombstone before
+    it) out of the visible set. Never the newest live file."""
     cutoff = datetime.now(UTC).timestamp() - max_age_seconds
     expired = []
-    for f in live[:-1]:
+    for f in live_files(files)[:-1]:
         if f.last > through:
             break
         newest = _read_batch_times(layout.root, f)[1]
@@ -340,7 +409,9 @@ def _expire(
         return
     lease.check()
     first_kept = expired[-1].last + 1
-    layout.tombstone(first_kept).write_bytes_atomic(b"")
+    tombstone = layout.tombstone(first_kept)
+    older = [f for f in files if f.tombstone]  # hidden from plain readers anyway: moved last
+    _commit(layout, lambda: tombstone.write_bytes_atomic(b""), [*expired, *older], result)
     result.expired = len(expired)
     result.expired_before = first_kept
 
@@ -383,13 +454,13 @@ def _merge(
         writer = _RangeWriter(layout.root, policy.target_bytes, policy.span_seconds)
         for f, table in _read_ahead(layout.root, run):
             if not writer.add(f, table):
-                _finish(writer, lease, result)
+                _finish(layout, writer, lease, result)
                 writer = _RangeWriter(layout.root, policy.target_bytes, policy.span_seconds)
                 writer.add(f, table)
             done += 1
             if done % 5000 == 0:
                 say(f"compaction: read {done:,} of {total:,} committed files")
-        _finish(writer, lease, result)
+        _finish(layout, writer, lease, result)
 
 
 #: Files up to this size are read whole by a pool of threads; larger ones are streamed.
@@ -416,13 +487,16 @@ def _read_ahead(
             yield from zip(chunk, pool.map(read, chunk), strict=True)
 
 
-def _finish(writer: _RangeWriter, lease: _MaintenanceLease, result: CompactionResult) -> None:
-    """Put the writer's file in place if it merged two files or more; else drop it."""
+def _finish(
+    layout: SinkLayout, writer: _RangeWriter, lease: _MaintenanceLease, result: CompactionResult
+) -> None:
+    """Commit the writer's file if it merged two files or more; else drop it."""
     if len(writer.sources) < 2:
         writer.abort()
         return
     lease.check()
-    written = writer.commit()
+    writer.close()
+    written = _commit(layout, writer.commit, writer.sources, result)
     result.written.append(written)
     result.merged += len(writer.sources)
     result.bytes_in += sum(f.size for f in writer.sources)
@@ -509,16 +583,19 @@ class _RangeWriter:
         self._pending_rows = 0
         self._pending_bytes = 0
 
-    def commit(self) -> SinkFile:
-        """Close the file and rename it to `part-<first>-<last>.parquet`."""
+    def close(self) -> None:
+        """Write the last rows and the footer: the hidden file is complete."""
         self._flush()
         assert self._writer is not None
         assert self._stream is not None
         self._writer.close()
         self._stream.close()
+
+    def commit(self) -> SinkFile:
+        """Rename the closed file to `part-<first>-<last>.parquet`."""
         first, last = self.sources[0].first, self.sources[-1].last
         target = self.root.child(sink_file_name(first, last))
-        self.root.filesystem.move(self.temp.path, target.path)
+        self.temp.move_to(target)
         info = self.root.filesystem.get_file_info(target.path)
         return SinkFile(first, last, target.path, info.size or 0, info.mtime_ns or 0)
 
@@ -532,20 +609,39 @@ class _RangeWriter:
 
 
 def _delete_superseded(layout: SinkLayout, grace_seconds: float, lease: _MaintenanceLease) -> int:
-    """Delete files superseded for longer than the grace period, and stale hidden files."""
+    """Delete the folders of `_superseded/` whose commit is older than the grace period, and
+    stale hidden files; how many sink files were deleted.
+
+    A folder's name says when its files were superseded. Not the files' own mtimes: a rename
+    keeps a file's mtime, which says when its batch was written.
+    """
+    now = datetime.now(UTC)
+    deleted = 0
+    for folder, since in layout.superseded_folders():
+        if since is None:
+            log.warning("%s is not a folder of a commit; left in place", folder)
+        elif (now - since).total_seconds() >= grace_seconds:
+            lease.check()
+            deleted += len(list_sink_files(folder))
+            layout.root.filesystem.delete_dir(folder.path)
+    _drop_empty_superseded(layout)
     now_ns = time.time_ns()
     grace_ns = int(grace_seconds * 1e9)
-    deleted = 0
-    for old, holder in superseded_files(layout.files()):
-        if now_ns - holder.mtime_ns >= grace_ns:
-            lease.check()
-            layout.root.filesystem.delete_file(old.path)
-            deleted += 1
     for info in layout.root.list():
         stale = info.base_name.startswith(TEMP_PREFIX) and info.base_name.endswith(".tmp")
         if stale and now_ns - int(info.mtime_ns or 0) >= grace_ns:
             layout.root.filesystem.delete_file(info.path)
     return deleted
+
+
+def _drop_empty_superseded(layout: SinkLayout) -> None:
+    """Remove the folders of `_superseded/` that nothing waits in any more, and `_superseded/`
+    itself once empty (the next commit makes it again)."""
+    for folder, since in layout.superseded_folders():
+        if since is not None and not folder.list():
+            layout.root.filesystem.delete_dir(folder.path)
+    if layout.superseded_dir.is_dir() and not layout.superseded_dir.list():
+        layout.root.filesystem.delete_dir(layout.superseded_dir.path)
 
 
 def truncate(
@@ -559,25 +655,36 @@ def truncate(
     """
     with _MaintenanceLease(layout, f"truncation of {layout.root}", owner) as lease:
         files = layout.files()
+        if _hide_superseded(layout, files, lease):
+            files = layout.files()
         live = live_files(files)
         cut = -1 if after_batch_id is None else after_batch_id
-        across = [f for f in live if f.first <= cut < f.last]
-        for f in across:
-            _rewrite_through(layout.root, f, cut)
+        across = [(f, _rows_through(layout.root, f, cut)) for f in live if f.first <= cut < f.last]
         if cut >= 0 and expired_before(files) > cut + 1:
             # Batches after the cut are recomputed: only those up to it stay expired.
             layout.tombstone(cut + 1).write_bytes_atomic(b"")
         removed = []
-        # Superseded files first, tombstones after the files they hid, the live file across the
-        # cut last: the ranges stay nested.
+        # The files of `_superseded/` after the cut first (no reader lists them), then those of
+        # the visible set newest first (a reader sees the batches up to some point, never a
+        # gap), tombstones after the files they hid. The ranges stay nested.
+        gone = [f for f in layout.superseded() if f.last > cut]
         doomed = sorted(
-            (f for f in files if f.last > cut and f not in across), key=lambda f: f.tombstone
+            (f for f in files if f.last > cut and not any(f is a for a, _ in across)),
+            key=lambda f: (f.tombstone, -f.first),
         )
-        for f in [*doomed, *across]:
+        for f in [*gone, *doomed]:
             lease.check()
             layout.root.filesystem.delete_file(f.path)
             if not f.tombstone:
                 removed.append(f.first)
+        # The live file across the cut last, deleted as soon as its batches up to the cut are
+        # in place (written before, renamed in): for that moment a plain reader sees them twice.
+        for f, kept in across:
+            lease.check()
+            layout.root.child(sink_file_name(f.first, cut)).write_bytes_atomic(kept)
+            layout.root.filesystem.delete_file(f.path)
+            removed.append(f.first)
+        _drop_empty_superseded(layout)
         history = SinkHistory.read(layout)
         history.truncations.append(
             {
@@ -591,15 +698,15 @@ def truncate(
     return sorted(removed)
 
 
-def _rewrite_through(root: Location, f: SinkFile, cut: int) -> None:
-    """Write the batches of range file `f` up to `cut` as `part-<first>-<cut>.parquet`."""
+def _rows_through(root: Location, f: SinkFile, cut: int) -> bytes:
+    """The Parquet bytes of range file `f`'s batches up to `cut` (`part-<first>-<cut>.parquet`)."""
     import pyarrow.compute as pc
 
     table = pq.read_table(f.path, filesystem=root.filesystem)
     kept = table.filter(pc.field("batch_id") <= cut)
     buffer = pa.BufferOutputStream()
     pq.write_table(kept, buffer, row_group_size=ROW_GROUP_ROWS)
-    root.child(sink_file_name(f.first, cut)).write_bytes_atomic(buffer.getvalue().to_pybytes())
+    return bytes(buffer.getvalue().to_pybytes())
 
 
 @dataclass(frozen=True)
@@ -620,14 +727,17 @@ class SinkStats:
 def sink_stats(
     sink: str, rows_cache: MutableMapping[tuple[str, int, int], int] | None = None
 ) -> SinkStats:
-    """Files (all, and those a reader reads), bytes on disk and rows of a sink.
+    """Files (all, `_superseded/` included, and those a reader reads), bytes on disk and rows of
+    a sink.
 
     Rows come from the Parquet footers of the live files; pass `rows_cache` (kept between
     calls) so that only footers of files new since the last call are read.
     """
     layout = SinkLayout.of(sink)
     files = layout.files()
+    waiting = layout.superseded()
     live = live_files(files)
+    reader = layout.reader().filesystem
     cache: MutableMapping[tuple[str, int, int], int] = {} if rows_cache is None else rows_cache
     keys = set()
     rows = 0
@@ -635,7 +745,7 @@ def sink_stats(
         key = (f.path, f.size, f.mtime_ns)
         keys.add(key)
         if key not in cache:
-            cache[key] = pq.read_metadata(f.path, filesystem=layout.root.filesystem).num_rows
+            cache[key] = pq.read_metadata(f.path, filesystem=reader).num_rows
         rows += cache[key]
     for stale in [k for k in cache if k[0].startswith(layout.root.path) and k not in keys]:
         del cache[stale]
@@ -643,9 +753,9 @@ def sink_stats(
     last = history.last_compaction
     days = (history.retention or {}).get("max_age_days")
     return SinkStats(
-        files=sum(1 for f in files if not f.tombstone),
+        files=sum(1 for f in [*files, *waiting] if not f.tombstone),
         live_files=len(live),
-        bytes=sum(f.size for f in files),
+        bytes=sum(f.size for f in [*files, *waiting]),
         rows=rows,
         last_compaction=str(last["time"]) if last else None,
         retention_days=None if days is None else float(str(days)),

@@ -19,26 +19,46 @@ A sink folder is a Parquet dataset of batch files and, once compacted, range fil
     <sink>/part-<first>-<last>.parquet      the rows of batches first..last, merged by compaction
     <sink>/_expired-before-<batch_id>       a retention tombstone: every batch before it expired
     <sink>/.part-...tmp                     a file being written; hidden, so no reader sees it
+    <sink>/_superseded/<time>/part-...      the files one commit superseded (merged by compaction,
+                                            expired by retention), kept for reads under way until
+                                            a grace period after <time> (UTC, when it superseded
+                                            them: `superseded_folder_name`)
     <sink>/_streamops/
         maintenance.json  the lease of a compaction, restore or rotation (see `compaction.py`)
         sink.json         the sink's history: compactions, truncations (see `SinkHistory`)
 
-The reader contract (`live_files`): the batch ranges of a sink's files are nested or disjoint,
-never partly overlapping. A file whose range lies inside another file's range is *superseded*
-(compaction leaves the files it merged in place for a grace period, so that reads already under
-way finish). Reading the files no other file supersedes gives every batch exactly once.
+The *visible set* is the files directly in the sink folder, the ones any Parquet reader of the
+folder lists: names that start with `_` or `.` are skipped by Spark, pyarrow and pandas, and a
+glob `<sink>/*.parquet` (DuckDB) does not descend into `_superseded/`.
+
+The reader contract (`live_files`): the batch ranges of the visible set's files are nested or
+disjoint, never partly overlapping. A file whose range lies inside another file's range is
+*superseded*. Reading the files no other file supersedes gives every batch exactly once.
+
+A compaction commits in two steps with nothing in between: it renames its range file into
+place, and at once moves the files it supersedes to `_superseded/<time>/` (`SinkLayout.hide`).
+So the visible set holds superseded files only for the few renames of that commit (or after a
+kill in the middle of them, until the next compaction moves them): a reader of the folder itself
+reads every batch once outside that window. A reader of the contract that listed a file before
+it moved still opens it, in `_superseded/`, through `SinkLayout.reader`.
+
+The time in the folder's name is when its files were superseded; the files' own mtimes would
+not say (a rename keeps a file's mtime, and the newest range file is rewritten at every run).
 
 A retention tombstone (an empty file; its `_` prefix hides it from plain directory readers) takes
 part in the rule as the range `0..<batch_id> - 1` with no rows: the files it covers are expired,
-superseded like merged files, and deleted after the same grace period. Retention thus hides whole
-files, oldest first, in one step, and a reader sees every batch from the tombstone on exactly once.
+moved to `_superseded/` right after it like merged files, and deleted after the same grace
+period. Retention thus hides whole files, oldest first, and a reader sees every batch from the
+tombstone on exactly once.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pyarrow import fs as pafs
 
@@ -55,6 +75,10 @@ SINK_FILE_PATTERN = re.compile(r"^part-(\d{12})(?:-(\d{12}))?\.parquet$")
 TOMBSTONE_PATTERN = re.compile(r"^_expired-before-(\d{12})$")
 SINK_HISTORY_FILE = "sink.json"
 MAINTENANCE_LEASE_FILE = "maintenance.json"
+#: The sub-folder of a sink where superseded files wait for the end of the grace period, in a
+#: folder per commit named after its UTC time (`superseded_folder_name`).
+SUPERSEDED_DIR = "_superseded"
+SUPERSEDED_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 
 
 def sink_file_name(first: int, last: int | None = None) -> str:
@@ -163,6 +187,20 @@ def _outermost(files: list[SinkFile]) -> list[SinkFile]:
             )
         live.append(f)
     return live
+
+
+def superseded_folder_name(when: datetime) -> str:
+    """The name of the `_superseded/` folder of a commit made at `when`, e.g.
+    `20260101T120000.000000Z` (no `:`, which HDFS refuses in names; sorts by time)."""
+    return when.astimezone(UTC).strftime(SUPERSEDED_TIME_FORMAT)
+
+
+def superseded_since(name: str) -> datetime | None:
+    """When the files of a `_superseded/` folder were superseded (None: not such a folder)."""
+    try:
+        return datetime.strptime(name, SUPERSEDED_TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def superseded_files(files: list[SinkFile]) -> list[tuple[SinkFile, SinkFile]]:
@@ -295,12 +333,61 @@ class SinkLayout:
         return cls(Location.of(sink))
 
     def files(self) -> list[SinkFile]:
-        """Every batch and range file, superseded ones included."""
+        """The visible set: every batch and range file and tombstone directly in the folder."""
         return list_sink_files(self.root)
 
     def live(self) -> list[SinkFile]:
         """The files a reader reads (`live_files`)."""
         return live_files(self.files())
+
+    @property
+    def superseded_dir(self) -> Location:
+        """Where superseded files wait for the end of the grace period."""
+        return self.root.child(SUPERSEDED_DIR)
+
+    def superseded_folders(self) -> list[tuple[Location, datetime | None]]:
+        """Each folder of `_superseded/`, oldest first, with when its files were superseded
+        (None for a folder that is not a commit's)."""
+        return [
+            (Location(self.root.filesystem, info.path), superseded_since(info.base_name))
+            for info in self.superseded_dir.list()
+            if info.type == pafs.FileType.Directory
+        ]
+
+    def superseded(self) -> list[SinkFile]:
+        """The files and tombstones waiting in `_superseded/`, by first batch id."""
+        found = []
+        for folder, _since in self.superseded_folders():
+            found.extend(list_sink_files(folder))
+        return sorted(found, key=_batch_order)
+
+    def superseded_folder(self, when: datetime) -> Location:
+        """Make the `_superseded/` folder of a commit made at `when`."""
+        folder = self.superseded_dir.child(superseded_folder_name(when))
+        folder.mkdirs()
+        return folder
+
+    def hide(self, f: SinkFile, folder: Location) -> None:
+        """Take a superseded file out of the visible set: rename it into a commit's folder of
+        `_superseded/` (`superseded_folder`)."""
+        Location(self.root.filesystem, f.path).move_to(folder.child(posixpath.basename(f.path)))
+
+    def find_superseded(self, path: str) -> str | None:
+        """Where a file of the visible set that has gone now is: in the newest folder of
+        `_superseded/` that holds its name (None: in none, or no file of this sink)."""
+        parent, name = posixpath.split(path)
+        if parent != self.root.path or SinkFile.parse(name, path) is None:
+            return None
+        for folder, _since in reversed(self.superseded_folders()):
+            moved = folder.child(name)
+            if self.root.filesystem.get_file_info(moved.path).type == pafs.FileType.File:
+                return moved.path
+        return None
+
+    def reader(self) -> Location:
+        """The folder as readers of the contract open it: a file gone from the visible set since
+        it was listed is read from `_superseded/` (`find_superseded`, `storage.ReadFallback`)."""
+        return self.root.with_read_fallback(self.find_superseded)
 
     def tombstone(self, first_kept: int) -> Location:
         """The retention tombstone that expires every batch before `first_kept`."""

@@ -12,7 +12,9 @@ already written. So the sink makes every write of a batch idempotent:
   writes the same value.
 
 A batch with no rows writes no file. Compaction (`compaction.py`) later merges committed
-batches into range files; `sink_files` is how any reader sees each batch exactly once then.
+batches into range files and moves the merged files to `_superseded/`; `sink_files` and
+`read_sink` are how a reader sees each batch exactly once at every moment, a read of the folder
+itself at every moment but a compaction's commit (`layout.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_jobs.layout import list_sink_files, live_files, sink_file_name
+from spark_jobs.layout import SinkLayout, list_sink_files, live_files, sink_file_name
 from spark_jobs.storage import Location
 
 log = logging.getLogger(__name__)
@@ -113,9 +115,13 @@ def sink_files(sink: str) -> list[str]:
 
     Any Parquet reader takes the list (`pandas.read_parquet`, `pyarrow.parquet.read_table`,
     `duckdb.read_parquet`, `spark.read.parquet(*files)`). Local sinks give absolute paths, URI
-    sinks (`s3://...`) URIs. A read must end within the compaction's grace period (default one
-    hour) of this call: files merged by a compaction are deleted after it. Empty when the sink
-    has no batch yet.
+    sinks (`s3://...`) URIs. Empty when the sink has no batch yet.
+
+    A compaction that commits after this call moves the files it merged to
+    `<sink>/_superseded/<name>`, and deletes them there after its grace period (default one
+    hour). A read that then finds a listed file gone never counts a batch twice or misses one:
+    it fails, and reading again from a new list is right. `read_sink` opens such a file in
+    `_superseded/` instead; a read must end within the grace period.
     """
     root = Location.of(sink)
     prefix = sink.split("://", 1)[0] + "://" if "://" in sink else ""
@@ -125,17 +131,20 @@ def sink_files(sink: str) -> list[str]:
 def read_sink(sink: str, columns: list[str] | None = None) -> pa.Table:
     """A sink's rows as one Arrow table, every batch exactly once (`sink_files`, read by pyarrow).
 
-    A compaction that deletes files between the listing and the read makes it list again.
+    A listed file that a compaction moves to `_superseded/` before it is opened is read there
+    (`SinkLayout.reader`); one deleted after the grace period since the listing makes it list
+    again.
     """
     import pyarrow.dataset as ds
 
-    root = Location.of(sink)
+    layout = SinkLayout.of(sink)
+    reader = layout.reader()
     for attempt in range(3):
-        files = [f.path for f in live_files(list_sink_files(root))]
+        files = [f.path for f in layout.live()]
         if not files:
             return pa.table({})
         try:
-            dataset = ds.dataset(files, format="parquet", filesystem=root.filesystem)
+            dataset = ds.dataset(files, format="parquet", filesystem=reader.filesystem)
             return dataset.to_table(columns=columns)
         except FileNotFoundError:
             if attempt == 2:

@@ -32,6 +32,7 @@ from spark_jobs.compaction import (
     truncate,
 )
 from spark_jobs.layout import (
+    SUPERSEDED_DIR,
     SinkFile,
     SinkLayout,
     SinkLayoutError,
@@ -79,6 +80,11 @@ def read_pandas(files: list[str], columns: list[str] | None = None) -> pd.DataFr
     """`pd.read_parquet(sink_files(SINK))`, as the README says (pandas hands the list of files to
     pyarrow; its type stubs only know single paths)."""
     return pd.read_parquet(files, columns=columns)  # type: ignore[call-overload,no-any-return]
+
+
+def waiting(sink: Path) -> list[str]:
+    """The names of the files waiting in a sink's `_superseded/` folders, sorted."""
+    return sorted(p.name for p in (sink / SUPERSEDED_DIR).glob("*/*"))
 
 
 def rows_per_batch(frame: pd.DataFrame) -> dict[int, int]:
@@ -140,8 +146,12 @@ def test_compaction_merges_committed_batches_and_keeps_the_rest(tmp_path: Path) 
         before.sort_values(["batch_id", "word"]).reset_index(drop=True),
     )
     assert read_sink(str(sink)).num_rows == 20
-    # And the merged files stay for the grace period, then go
-    assert (sink / sink_file_name(3)).exists()
+    # And the merged files leave the folder at once, so that a plain reader of it reads each
+    # batch once too
+    assert not (sink / sink_file_name(3)).exists()
+    assert rows_per_batch(pd.read_parquet(sink)) == dict.fromkeys(range(10), 2)
+    # And they wait in _superseded/ for the grace period, then go
+    assert waiting(sink) == [sink_file_name(i) for i in range(7)]
     commit_through(checkpoint, 9)
     second = compact(str(sink), str(checkpoint), NOW)
     assert [f.name for f in second.written] == ["part-000000000000-000000000009.parquet"]
@@ -230,8 +240,10 @@ def test_retention_expires_the_oldest_files_whole_and_a_restore_below_it_lowers_
         "part-000000000007-000000000009.parquet"
     ]
     assert rows_per_batch(read_pandas(sink_files(str(sink)))) == dict.fromkeys([7, 8, 9], 2)
-    # And the expired files stay for reads under way, then go; the tombstone stays
-    assert (sink / sink_file_name(0)).exists()
+    # And the expired files leave the folder at once, stay in _superseded/ for reads under
+    # way, then go; the tombstone stays
+    assert not (sink / sink_file_name(0)).exists()
+    assert waiting(sink) == [sink_file_name(i) for i in range(10)]  # expired 0..6, merged 7..9
     layout = SinkLayout.of(str(sink))
     history = SinkHistory.read(layout)
     assert history.retention is not None
@@ -366,6 +378,30 @@ def test_a_compaction_killed_midway_leaves_every_batch_once(tmp_path: Path, meth
     assert rows_per_batch(read_pandas(sink_files(str(sink)))) == dict.fromkeys(range(300), 2)
 
 
+#: How each reader says that a file it listed was gone when it opened it: pyarrow and DuckDB
+#: ("No files found": DuckDB takes each path of a list for a glob), then Spark's conditions and
+#: the JVM's exception (a footer Spark could not read names its cause only in the stack trace).
+MISSING_FILE = (
+    "No such file or directory",
+    "No files found that match the pattern",
+    "PATH_NOT_FOUND",
+    "FILE_NOT_EXIST",
+    "java.io.FileNotFoundException",
+    "java.nio.file.NoSuchFileException",
+)
+
+
+def missing_file(err: Exception) -> bool:
+    """Whether a read failed because a file it had listed was gone when it opened it."""
+    text = f"{err}\n{getattr(err, '_stackTrace', '')}"  # pyspark keeps the JVM's trace there
+    return isinstance(err, FileNotFoundError) or any(m in text for m in MISSING_FILE)
+
+
+def overlaps(read: tuple[float, float], windows: list[tuple[float, float]]) -> bool:
+    """Whether a read (start, end, monotonic) overlaps any of the commit windows."""
+    return any(read[0] <= end and start <= read[1] for start, end in windows)
+
+
 def documented_readers(spark: SparkSession) -> dict[str, Callable[[list[str]], list[int]]]:
     """The batch ids each reader of the README reads from the files `sink_files` lists."""
     import duckdb
@@ -384,20 +420,29 @@ def documented_readers(spark: SparkSession) -> dict[str, Callable[[list[str]], l
 
 
 class ReaderLoops:
-    """One thread per reader, reading the sink again and again, checking every read."""
+    """One thread per reader, reading the sink again and again, checking every read.
+
+    A read that fails on a missing file (a compaction's commit moved a file it had listed) is
+    recorded in `missing` and read again, unless the reader is `strict`; the test checks that
+    each such read overlapped a commit. Any other failure, and any wrong count, ends the loop.
+    """
 
     def __init__(
         self,
         readers: dict[str, Callable[[list[str]], list[int]]],
         sink: Path,
         expected: Counter[int],
+        strict: tuple[str, ...] = (),
     ) -> None:
         self.readers = readers
         self.sink = sink
         self.expected = expected
+        self.strict = strict
         self.halt = threading.Event()
         # Each reader's reads: (started, seconds, files read), on the monotonic clock
         self.reads: dict[str, list[tuple[float, float, int]]] = {name: [] for name in readers}
+        # Each reader's reads that failed on a missing file: (started, ended)
+        self.missing: dict[str, list[tuple[float, float]]] = {name: [] for name in readers}
         self.wrong: list[str] = []
         self.threads = [threading.Thread(target=self.loop, args=(n,)) for n in readers]
         for thread in self.threads:
@@ -410,6 +455,9 @@ class ReaderLoops:
             try:
                 ids = self.readers[name](files)
             except Exception as err:  # a failed read is what the test looks for
+                if name not in self.strict and missing_file(err):
+                    self.missing[name].append((started, time.monotonic()))
+                    continue
                 self.wrong.append(f"{name}: {type(err).__name__}: {err}"[:800])
                 return
             self.reads[name].append((started, time.monotonic() - started, len(files)))
@@ -438,15 +486,24 @@ class ReaderLoops:
 def test_readers_see_each_batch_once_while_a_large_sink_is_compacted(
     tmp_path: Path, spark: SparkSession
 ) -> None:
-    """20,000 batch files, compacted in four steps and then cleaned, while pandas, pyarrow,
-    DuckDB and Spark read the sink in a loop, each the way the README says."""
+    """20,000 batch files, compacted in four steps and then cleaned, while `read_sink`, pandas,
+    pyarrow, DuckDB and Spark read the sink in a loop, each the way the README says.
+
+    Every read counts each batch once. `read_sink` never fails: a file it listed before a
+    commit moved it is read from `_superseded/`. A read of a `sink_files` list by another
+    reader fails on such a file (and is read again) only if it overlapped a commit."""
     batches = 20_000
     sink, checkpoint = tmp_path / "sink", tmp_path / "ck"
     write_batches(sink, range(batches))
-    readers = documented_readers(spark)
+    readers = {
+        "read_sink": lambda _files: read_sink(str(sink), ["batch_id"])["batch_id"].to_pylist(),
+        **documented_readers(spark),
+    }
     # Spark lists a long list of files from the driver, as docs/sinks.md advises
     spark.conf.set(SPARK_LISTING_THRESHOLD, "100000")
-    loops = ReaderLoops(readers, sink, Counter({i: 2 for i in range(batches)}))
+    loops = ReaderLoops(
+        readers, sink, Counter({i: 2 for i in range(batches)}), strict=("read_sink",)
+    )
     steps = []
     try:
         # While they read, the sink is compacted in four steps, as its batches get committed
@@ -466,12 +523,24 @@ def test_readers_see_each_batch_once_while_a_large_sink_is_compacted(
     assert not loops.wrong, loops.wrong
     # Each reader read during the compaction (reads are (started, seconds, files))
     assert all(runs[0][0] < compacted for runs in loops.reads.values())
+    # And a read failed on a file moved under it only if a commit overtook it
+    windows = [window for step in steps for window in step.commit_windows]
+    assert len(windows) == 4
+    for name, failed in loops.missing.items():
+        assert all(overlaps(read, windows) for read in failed), (name, failed, windows)
     assert [len(s.written) for s in steps] == [1, 1, 1, 1, 0]
     assert steps[-1].deleted == batches + 3  # every batch file and the first three ranges
     assert sorted(p.name for p in sink.glob("*.parquet")) == [
         f"part-000000000000-{batches - 1:012d}.parquet"
     ]
-    print(f"compaction in 4 steps: {compacted - began:.1f} s; reads:")
+    longest_window = max(1000 * (end - start) for start, end in windows)
+    print(
+        f"compaction in 4 steps: {compacted - began:.1f} s, commit windows up to "
+        f"{longest_window:.1f} ms; reads:"
+    )
     for name, runs in loops.reads.items():
         longest = max(runs, key=lambda r: r[1])
-        print(f"  {name}: {len(runs)}, longest {longest[1]:.1f} s ({longest[2]:,} files)")
+        print(
+            f"  {name}: {len(runs)}, longest {longest[1]:.1f} s ({longest[2]:,} files); "
+            f"{len(loops.missing[name])} overtaken by a commit, read again"
+        )
