@@ -223,6 +223,14 @@ def spark_kafka_jars() -> list[str]:
     return [str(path) for path in resolve(SPARK_KAFKA)]
 
 
+def for_source(source: str) -> list[str]:
+    """Local paths of the jars a job's `--source` needs beyond pyspark's own (only kafka's).
+
+    Raises `JarUnavailable` naming the artifact when one cannot be had.
+    """
+    return spark_kafka_jars() if source == "kafka" else []
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m spark_jobs.jars fetch [SET ...]`: download and verify the pinned jars."""
     parser = argparse.ArgumentParser(prog="python -m spark_jobs.jars", description=__doc__)

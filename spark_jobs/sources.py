@@ -80,4 +80,4 @@ def jars_for(args: argparse.Namespace) -> list[str]:
 
     Raises `jars.JarUnavailable` naming the artifact when one cannot be had.
     """
-    return jars.spark_kafka_jars() if args.source == "kafka" else []
+    return jars.for_source(args.source)
