@@ -9,10 +9,14 @@ with an oracle computed in Python from the produced values.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
+import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +27,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, free_port, job_command, read_sink
+from tests.spark_jobs.test_exactly_once import last_batch, uncommitted_output
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.xdist_group("kafka_broker")]
 
@@ -80,19 +85,23 @@ def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> No
         future.result(timeout=30)
 
 
-def produce(bootstrap: str, topic: str, values: list[bytes | None]) -> None:
-    """Produce `values` round-robin over the topic's partitions; every one must be acknowledged."""
+Record = tuple[int, int, bytes | None]  # partition, offset, value
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes | None]) -> list[Record]:
+    """Produce `values` round-robin over the topic's partitions; every one must be acknowledged.
+    Returns where each record landed."""
     from confluent_kafka import KafkaError, Message, Producer
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     failed: list[KafkaError] = []
-    delivered: list[int] = []
+    delivered: list[Record] = []
 
     def report(error: KafkaError | None, message: Message) -> None:
         if error is not None:
             failed.append(error)
         else:
-            delivered.append(1)
+            delivered.append((message.partition(), message.offset(), message.value()))
 
     for i, value in enumerate(values):
         producer.produce(
@@ -102,6 +111,7 @@ def produce(bootstrap: str, topic: str, values: list[bytes | None]) -> None:
     assert producer.flush(30) == 0
     assert not failed
     assert len(delivered) == len(values)
+    return delivered
 
 
 def is_separator(ch: str) -> bool:
@@ -144,32 +154,39 @@ def messages(rng: random.Random, count: int) -> list[bytes | None]:
     return values
 
 
-def job_argv(tmp_path: Path, job: str, bootstrap: str, topic: str) -> list[str]:
+def job_argv(
+    tmp_path: Path, job: str, bootstrap: str, topic: str, max_offsets: int = 150
+) -> list[str]:
     return [
         "--source", "kafka",
         "--kafka-bootstrap-servers", bootstrap,
         "--kafka-topic", topic,
-        "--max-offsets-per-trigger", "150",
+        "--max-offsets-per-trigger", str(max_offsets),
         "--sink", str(tmp_path / f"{job}-sink"),
         "--checkpoint", str(tmp_path / f"{job}-ck"),
         "--shuffle-partitions", "2",
-        "--available-now",
     ]  # fmt: skip
 
 
-def run_both(tmp_path: Path, bootstrap: str, topic: str) -> None:
+JOBS = ("word_count", "running_total")
+JOB_ENV = {"PYSPARK_SUBMIT_ARGS": "--master local[1] pyspark-shell"}
+
+
+def run_both(tmp_path: Path, bootstrap: str, topic: str, max_offsets: int = 150) -> None:
     """Run word_count and running_total side by side until each has read all it can."""
-    env = {**os.environ, "PYSPARK_SUBMIT_ARGS": "--master local[1] pyspark-shell"}
+    env = {**os.environ, **JOB_ENV}
     processes = {
         job: subprocess.Popen(
-            job_command(job, *job_argv(tmp_path, job, bootstrap, topic)),
+            job_command(
+                job, *job_argv(tmp_path, job, bootstrap, topic, max_offsets), "--available-now"
+            ),
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for job in ("word_count", "running_total")
+        for job in JOBS
     }
     try:
         for job, process in processes.items():
@@ -236,3 +253,141 @@ def test_a_stream_started_again_reads_on_from_where_it_stopped(broker: str, tmp_
     assert counted(counts[counts.batch_id > last_batch]) == oracle(second)
     assert counted(counts) == oracle(first + second)
     assert totals(read_sink(tmp_path / "running_total-sink")) == oracle(first + second)
+
+
+def offsets_per_batch(checkpoint: Path, topic: str) -> dict[int, dict[int, tuple[int, int]]]:
+    """Each committed batch id and the offsets it read, `[start, end)` per partition.
+
+    Batch N read from batch N-1's offsets (batch 0: from the earliest, 0 on a new topic) up to
+    its own, the last line of `offsets/N`: `{"topic": {"0": 12, "1": 11, "2": 12}}`.
+    """
+    committed = {int(p.name) for p in (checkpoint / "commits").iterdir() if p.name.isdigit()}
+    offsets = checkpoint / "offsets"
+    batches: dict[int, dict[int, tuple[int, int]]] = {}
+    previous: dict[int, int] = {}
+    for batch_id in sorted(int(p.name) for p in offsets.iterdir() if p.name.isdigit()):
+        ends = json.loads((offsets / str(batch_id)).read_text().splitlines()[-1])[topic]
+        ends = {int(partition): int(end) for partition, end in ends.items()}
+        if batch_id in committed:
+            batches[batch_id] = {p: (previous.get(p, 0), end) for p, end in ends.items()}
+        previous = ends
+    return batches
+
+
+def kill_mid_stream(
+    tmp_path: Path, bootstrap: str, topic: str, rng: random.Random, aimed: bool
+) -> tuple[list[Record], int]:
+    """Start both jobs, produce while they run, then SIGKILL each driver.
+
+    An aimed kill lands after a batch's sink file is written and before Spark has committed the
+    batch. Returns the records produced and how many kills landed that way.
+    """
+    before = {job: last_batch(tmp_path, job) for job in JOBS}
+    back_to_back = ("--trigger-interval", "0 seconds")
+    procs = {
+        job: subprocess.Popen(
+            job_command(job, *job_argv(tmp_path, job, bootstrap, topic, 40), *back_to_back),
+            start_new_session=True,  # its own process group: the JVM dies with the driver
+            env={**os.environ, **JOB_ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"{job}.log").open("ab"),
+        )
+        for job in JOBS
+    }
+    produced: list[Record] = []
+    stop_feeding = threading.Event()
+
+    def feed() -> None:
+        # 10 records every 0.2 s until the kills are done
+        while not stop_feeding.is_set() or not produced:
+            produced.extend(produce(bootstrap, topic, messages(rng, 10)))
+            time.sleep(0.2)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    aimed_kills = 0
+    try:
+        deadline = time.monotonic() + 240
+        while any(last_batch(tmp_path, job) <= before[job] for job in JOBS):
+            assert time.monotonic() < deadline, "the jobs made no progress in 240 s"
+            assert all(p.poll() is None for p in procs.values()), "a job exited on its own"
+            time.sleep(0.1)
+        if not aimed:
+            time.sleep(rng.uniform(0.0, 1.5))
+        pending = list(JOBS)
+        while aimed and pending and time.monotonic() < deadline:
+            for job in list(pending):
+                if uncommitted_output(tmp_path, job):
+                    os.killpg(procs[job].pid, signal.SIGKILL)
+                    aimed_kills += uncommitted_output(tmp_path, job)
+                    pending.remove(job)
+            time.sleep(0.002)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stop_feeding.set()
+        feeder.join(timeout=120)
+    assert not feeder.is_alive()
+    return produced, aimed_kills
+
+
+def in_ranges(ranges: dict[int, tuple[int, int]]) -> list[tuple[int, int]]:
+    """The `(partition, offset)` of every record in `[start, end)` ranges per partition."""
+    return [(p, o) for p, (start, end) in ranges.items() for o in range(start, end)]
+
+
+def test_both_sinks_stay_exact_through_repeated_sigkills(broker: str, tmp_path: Path) -> None:
+    # Given a 3-partition topic produced to while both drivers run, each SIGKILLed mid-stream
+    # in every round (random kills and kills aimed between a sink write and its commit)
+    rng = random.Random(2029)
+    create_topic(broker, "killed")
+    records: list[Record] = []
+    aimed_kills = 0
+    round_ = 0
+    # A random kill, an aimed one, a random one; an aimed kill can miss the short window between
+    # a sink write and Spark's commit, so go on (two rounds at most) until one has landed in it.
+    while round_ < 3 or (aimed_kills == 0 and round_ < 5):
+        aimed = round_ % 2 == 1 or round_ >= 3
+        produced, landed = kill_mid_stream(tmp_path, broker, "killed", rng, aimed)
+        records += produced
+        aimed_kills += landed
+        round_ += 1
+
+    # When both jobs are restarted to finish what is left
+    run_both(tmp_path, broker, "killed")
+
+    # Then every record was read by exactly one committed batch of each job, and each batch's
+    # rows are exactly the words of its records
+    value_at = {(partition, offset): value for partition, offset, value in records}
+    assert len(value_at) == len(records)
+    expected = oracle([value for _, _, value in records])
+    for job in JOBS:
+        batches = offsets_per_batch(tmp_path / f"{job}-ck", "killed")
+        read = [
+            (p, o)
+            for ranges in batches.values()
+            for p, (a, b) in ranges.items()
+            for o in range(a, b)
+        ]
+        assert sorted(read) == sorted(value_at), job
+        sink = read_sink(tmp_path / f"{job}-sink")
+        assert not sink.duplicated(["batch_id", "word"]).any(), job
+        assert set(sink.batch_id.unique()) <= set(batches), job
+        column = "count" if job == "word_count" else "total"
+        seen: Counter[str] = Counter()
+        for batch_id, ranges in sorted(batches.items()):
+            batch_words = Counter(oracle([value_at[record] for record in in_ranges(ranges)]))
+            seen.update(batch_words)
+            rows = sink[sink.batch_id == batch_id].set_index("word")[column].to_dict()
+            if job == "word_count":
+                assert rows == dict(batch_words), (job, batch_id)
+            else:
+                assert rows == {word: seen[word] for word in batch_words}, (job, batch_id)
+        # And both end at the oracle of everything produced
+        assert dict(seen) == expected, job
+    assert counted(read_sink(tmp_path / "word_count-sink")) == expected
+    assert totals(read_sink(tmp_path / "running_total-sink")) == expected
+    # And at least one kill landed between a sink write and its commit (a replayed batch)
+    assert aimed_kills >= 1, "no kill landed between a sink write and its commit"
