@@ -391,3 +391,61 @@ def test_both_sinks_stay_exact_through_repeated_sigkills(broker: str, tmp_path: 
     assert totals(read_sink(tmp_path / "running_total-sink")) == expected
     # And at least one kill landed between a sink write and its commit (a replayed batch)
     assert aimed_kills >= 1, "no kill landed between a sink write and its commit"
+
+
+def test_a_credential_from_the_environment_shows_nowhere(broker: str, tmp_path: Path) -> None:
+    import urllib.request
+
+    from spark_jobs.status import read_status
+
+    # Given a stream whose Kafka login comes from an environment variable
+    secret = "streamops-test-secret-4711"
+    jaas = f'org.apache.kafka.common.security.plain.PlainLoginModule required password="{secret}";'
+    create_topic(broker, "private")
+    produce(broker, "private", [b"alpha beta"] * 5)
+    argv = [
+        *job_argv(tmp_path, "word_count", broker, "private"),
+        "--kafka-option", "sasl.jaas.config=env:STREAMOPS_TEST_JAAS",
+        "--kafka-option", "sasl.mechanism=PLAIN",
+    ]  # fmt: skip
+    log = tmp_path / "driver.log"
+    with log.open("wb") as out:
+        driver = subprocess.Popen(
+            job_command("word_count", *argv),
+            env={**os.environ, **JOB_ENV, "STREAMOPS_TEST_JAAS": jaas},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        # When it has counted what the topic holds
+        deadline = time.monotonic() + 240
+        status = read_status(str(tmp_path / "word_count-ck"))
+        while status is None or status.last_batch is None:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no batch in 240 s"
+            time.sleep(0.5)
+            status = read_status(str(tmp_path / "word_count-ck"))
+        assert status.ui_url is not None
+        assert status.app_id is not None
+        # Then neither the Spark UI's environment nor its SQL plans show the secret
+        api = f"{status.ui_url.rstrip('/')}/api/v1/applications/{status.app_id}"
+        pages = {
+            page: urllib.request.urlopen(f"{api}/{page}", timeout=30).read().decode()
+            for page in ("environment", "sql?details=true&planDescription=true")
+        }
+        for page, body in pages.items():
+            assert secret not in body, page
+        assert "spark.app.id" in pages["environment"]
+        # (the SQL pages are the micro-batches' plans, whose scans read Kafka)
+        assert "kafka" in pages["sql?details=true&planDescription=true"].lower()
+    finally:
+        os.killpg(driver.pid, signal.SIGTERM)
+        driver.wait(timeout=120)
+    assert counted(read_sink(tmp_path / "word_count-sink")) == {"alpha": 5, "beta": 5}
+    # And neither the command line, the driver's log, nor any file of the checkpoint holds it
+    assert secret not in " ".join(driver.args)
+    assert secret not in log.read_text(errors="replace")
+    for path in (tmp_path / "word_count-ck").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
