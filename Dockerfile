@@ -1,7 +1,7 @@
 # The image of every Airflow and Spark service in docker-compose.yaml.
 #
-# Airflow 3.3.2 on Python 3.11 with the project's locked dependencies. pyspark 4.3.0 is one of them
-# and carries Spark 4.3.0's jars and launch scripts (`spark-submit`, `spark-class`), so the Spark
+# Airflow 3.3.2 on Python 3.11 with the project's locked dependencies. pyspark 4.2.0 is one of them
+# and carries Spark 4.2.0's jars and launch scripts (`spark-submit`, `spark-class`), so the Spark
 # master and workers run from this image too: executors then have exactly the driver's Python,
 # pandas and pyarrow, which PySpark requires. Java (Debian's default JRE, 17 or 21, both supported
 # by Spark 4) serves spark-submit, the driver, the master and the workers.

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SYNCED := $(VENV)/.synced
 
-.PHONY: help demo demo-local stop status test test-fast lint format typecheck bench bench-quick system-deps clean
+.PHONY: help demo demo-local stop status jars test test-fast lint format typecheck bench bench-quick system-deps clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,7 +13,12 @@ $(SYNCED): pyproject.toml uv.lock scripts/bootstrap.sh
 	@scripts/bootstrap.sh
 	@touch $@
 
-demo: $(SYNCED)  ## start Airflow with both stream DAGs running on sample text (UI, login)
+# The pinned jars (spark_jobs/jars.lock): Spark's Kafka source and the Kafka broker, downloaded
+# once into .cache/jars/ and verified by checksum on every run (a second run downloads nothing).
+jars: $(SYNCED)  ## download and verify the pinned jars (Spark's Kafka source, the Kafka broker)
+	@$(BIN)/python -m spark_jobs.jars fetch
+
+demo: $(SYNCED) jars  ## start Airflow with both stream DAGs running on sample text (UI, login)
 	$(BIN)/python scripts/stack.py start
 
 stop:  ## stop everything `make demo` started
@@ -22,7 +27,7 @@ stop:  ## stop everything `make demo` started
 status:  ## is the stack running; each stream's state and last batch
 	$(BIN)/python scripts/stack.py status
 
-demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show their output
+demo-local: $(SYNCED) jars  ## without Airflow: run both jobs on sample text and show their output
 	$(BIN)/python scripts/demo.py
 
 # The suite runs on TEST_WORKERS pytest-xdist workers, one per core up to 4, tests that share a
@@ -32,10 +37,10 @@ demo-local: $(SYNCED)  ## without Airflow: run both jobs on sample text and show
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-test: lint typecheck system-deps  ## lint, type-check and run every test (what CI runs; on TEST_WORKERS workers)
+test: lint typecheck system-deps jars  ## lint, type-check and run every test (what CI runs; on TEST_WORKERS workers)
 	$(BIN)/pytest $(PARALLEL) --durations=15
 
-test-fast: $(SYNCED)  ## the tests that need no Spark: unit tests and DAG checks
+test-fast: $(SYNCED) jars  ## the tests that need no Spark: unit tests and DAG checks
 	$(BIN)/pytest $(PARALLEL) -m "not spark and not slow"
 
 lint: $(SYNCED)  ## ruff lint and format check

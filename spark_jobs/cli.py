@@ -7,12 +7,33 @@ This module imports neither pyspark nor pandas, so the control plane can validat
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 from typing import NoReturn
 
-SOURCES = ("file", "socket", "rate")
+SOURCES = ("file", "socket", "rate", "kafka")
+# The sources the stream DAGs' Params offer: they do not take the Kafka source's fields yet.
+DAG_SOURCES = ("file", "socket", "rate")
+KAFKA_STARTING_OFFSETS = ("earliest", "latest")
+# Kafka's own rule for topic names.
+KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# `--kafka-option KEY=env:VARNAME`: the value is read from the driver's environment.
+ENV_VALUE_PREFIX = "env:"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Options the job sets itself, from its own arguments, or that Spark's Kafka source refuses.
+RESERVED_KAFKA_OPTIONS = (
+    "bootstrap.servers",
+    "group.id",
+    "auto.offset.reset",
+    "key.deserializer",
+    "value.deserializer",
+    "enable.auto.commit",
+    "interceptor.classes",
+)
+# Keys whose values are credentials: they must come from the environment, never from argv.
+SECRET_KEY = re.compile(r"(?i)secret|password|passwd|token|jaas|credential|private[._-]?key")
 DEFAULT_TRIGGER_INTERVAL = "1 second"
 EXIT_BAD_ARGS = 2
 
@@ -112,6 +133,106 @@ def port(text: str) -> int:
     return value
 
 
+def kafka_topic(text: str) -> str:
+    """argparse type: a Kafka topic name."""
+    if not KAFKA_TOPIC.match(text):
+        raise argparse.ArgumentTypeError(
+            f"must be a Kafka topic name (letters, digits, '.', '_' and '-', at most 249), "
+            f"got {text!r}"
+        )
+    return text
+
+
+def kafka_topic_pattern(text: str) -> str:
+    """argparse type: a regular expression of topic names."""
+    try:
+        re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(
+            f"must be a regular expression of topic names, got {text!r}: {err}"
+        ) from err
+    return text
+
+
+def kafka_starting_offsets(text: str) -> str:
+    """argparse type: `earliest`, `latest`, or the connector's JSON of offsets per partition.
+
+    The JSON is `{"topic": {"0": 23, "1": -2}}`, where -2 stands for earliest and -1 for latest.
+    """
+    if text in KAFKA_STARTING_OFFSETS:
+        return text
+    try:
+        offsets = json.loads(text)
+    except ValueError:
+        offsets = None
+    valid = isinstance(offsets, dict) and all(
+        isinstance(topic, str)
+        and isinstance(partitions, dict)
+        and all(
+            p.isdigit() and isinstance(o, int) and not isinstance(o, bool) and o >= -2
+            for p, o in partitions.items()
+        )
+        for topic, partitions in offsets.items()
+    )
+    if not valid:
+        raise argparse.ArgumentTypeError(
+            "must be 'earliest', 'latest' or JSON such as '{\"lines\": {\"0\": 23, \"1\": -2}}' "
+            f"(offsets per partition; -2: earliest, -1: latest), got {text!r}"
+        )
+    return text
+
+
+def kafka_option(text: str) -> tuple[str, str]:
+    """argparse type: `KEY=VALUE`, a setting of the Kafka client (`security.protocol=SASL_SSL`).
+
+    A value `env:VARNAME` is read from the driver's environment when the stream starts, and is
+    the only way to give a value whose key names a credential (`sasl.jaas.config`,
+    `ssl.key.password`, ...): such values never appear in the command line.
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip().removeprefix("kafka.")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text!r}")
+    if key in RESERVED_KAFKA_OPTIONS:
+        raise argparse.ArgumentTypeError(
+            f"{key} is set by the job itself or refused by Spark's Kafka source; "
+            "use --kafka-bootstrap-servers for the brokers"
+        )
+    if value.startswith(ENV_VALUE_PREFIX):
+        if not ENV_NAME.match(value.removeprefix(ENV_VALUE_PREFIX)):
+            raise argparse.ArgumentTypeError(
+                f"{key}: {value!r} must name an environment variable, e.g. env:KAFKA_JAAS_CONFIG"
+            )
+    elif SECRET_KEY.search(key):
+        # Only the key is echoed: the value may be the secret itself.
+        raise argparse.ArgumentTypeError(
+            f"{key} holds a credential: give it as {key}=env:VARNAME and put the value in that "
+            "environment variable, so it never appears in the command line"
+        )
+    return key, value
+
+
+def kafka_client_options(
+    options: list[tuple[str, str]], environ: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The `kafka.`-prefixed options of Spark's Kafka source, `env:` values read from the
+    environment. Raises `ValueError` naming the variable (never its value) when one is unset."""
+    env = dict(os.environ) if environ is None else environ
+    resolved = {}
+    for key, value in options:
+        if value.startswith(ENV_VALUE_PREFIX):
+            name = value.removeprefix(ENV_VALUE_PREFIX)
+            if name not in env:
+                raise ValueError(
+                    f"--kafka-option: {key}=env:{name}, but the environment variable {name} is "
+                    "not set in the driver's environment"
+                )
+            resolved[f"kafka.{key}"] = env[name]
+        else:
+            resolved[f"kafka.{key}"] = value
+    return resolved
+
+
 def common_parser(prog: str, description: str) -> JobArgumentParser:
     """The arguments both jobs take."""
     parser = JobArgumentParser(prog=prog, description=description)
@@ -121,7 +242,8 @@ def common_parser(prog: str, description: str) -> JobArgumentParser:
         choices=SOURCES,
         default="file",
         help="file: new files in --input (default); socket: lines from --host:--port, as in "
-        "`nc -lk 9999`; rate: generated words for load tests",
+        "`nc -lk 9999`; rate: generated words for load tests; kafka: the values of the records "
+        "of --kafka-topic (or --kafka-topic-pattern) on --kafka-bootstrap-servers",
     )
     src.add_argument(
         "--input",
@@ -143,6 +265,50 @@ def common_parser(prog: str, description: str) -> JobArgumentParser:
         type=positive_int,
         metavar="N",
         help="file source: at most N new files per micro-batch (default: all new files)",
+    )
+    kafka = parser.add_argument_group("kafka source")
+    kafka.add_argument(
+        "--kafka-bootstrap-servers",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the Kafka brokers to connect to first",
+    )
+    topics = kafka.add_mutually_exclusive_group()
+    topics.add_argument(
+        "--kafka-topic",
+        type=kafka_topic,
+        nargs="+",
+        action="extend",
+        metavar="TOPIC",
+        help="the topics to read (one or more)",
+    )
+    topics.add_argument(
+        "--kafka-topic-pattern",
+        type=kafka_topic_pattern,
+        metavar="REGEX",
+        help="read every topic whose name matches REGEX (Java regular expression syntax)",
+    )
+    kafka.add_argument(
+        "--kafka-starting-offsets",
+        type=kafka_starting_offsets,
+        default="earliest",
+        metavar="OFFSETS",
+        help="where a new checkpoint starts: earliest (default: everything the topics still "
+        "hold), latest, or JSON offsets per partition; a checkpoint resumes where it stopped",
+    )
+    kafka.add_argument(
+        "--max-offsets-per-trigger",
+        type=positive_int,
+        metavar="N",
+        help="kafka source: at most N records per micro-batch (default: all new records)",
+    )
+    kafka.add_argument(
+        "--kafka-option",
+        type=kafka_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Kafka client setting, e.g. security.protocol=SASL_SSL; VALUE env:NAME reads the "
+        "value from the environment variable NAME (required for credentials)",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--sink", required=True, metavar="DIR", help="Parquet dataset to write")
@@ -200,6 +366,35 @@ def common_parser(prog: str, description: str) -> JobArgumentParser:
     return parser
 
 
+def _check_kafka(parser: JobArgumentParser, args: argparse.Namespace) -> None:
+    """The Kafka source's arguments: required with it, refused without it."""
+    kafka_flags = {
+        "--kafka-bootstrap-servers": args.kafka_bootstrap_servers,
+        "--kafka-topic": args.kafka_topic,
+        "--kafka-topic-pattern": args.kafka_topic_pattern,
+        "--max-offsets-per-trigger": args.max_offsets_per_trigger,
+        "--kafka-option": args.kafka_option,
+    }
+    if args.source == "kafka":
+        if not args.kafka_bootstrap_servers:
+            parser.error(
+                "argument --kafka-bootstrap-servers: required with --source kafka "
+                "(HOST:PORT of one or more brokers)"
+            )
+        if not args.kafka_topic and not args.kafka_topic_pattern:
+            parser.error(
+                "argument --kafka-topic: required with --source kafka (or --kafka-topic-pattern)"
+            )
+        try:
+            kafka_client_options(args.kafka_option)
+        except ValueError as err:
+            parser.error(f"argument {err}")
+    else:
+        for flag, value in kafka_flags.items():
+            if value:
+                parser.error(f"argument {flag}: only used with --source kafka, not {args.source}")
+
+
 def check_common(parser: JobArgumentParser, args: argparse.Namespace) -> None:
     """Checks that involve more than one argument."""
     if args.source == "file" and not args.input:
@@ -211,6 +406,7 @@ def check_common(parser: JobArgumentParser, args: argparse.Namespace) -> None:
             "argument --available-now: the socket source cannot replay, so it has no 'available "
             "now'; use --trigger-interval"
         )
+    _check_kafka(parser, args)
     if args.source == "file" and "://" not in args.input and not os.path.isdir(args.input):
         parser.error(
             f"argument --input: folder {args.input!r} does not exist; create it, or point "

@@ -20,12 +20,13 @@ from pyspark.sql.streaming.query import StreamingQuery
 
 from spark_jobs.checkpoints import CheckpointCorrupt
 from spark_jobs.checkpoints import validate as validate_checkpoint
+from spark_jobs.jars import JarUnavailable
 from spark_jobs.layout import CheckpointLayout, Generation
 from spark_jobs.lease import Lease, LeaseHeld, LeaseHolder
 from spark_jobs.listener import StatusListener
 from spark_jobs.session import build_session, checkpoint_conf, ui_url
 from spark_jobs.sinks import ParquetBatchSink, batch_time_of, format_batch, with_batch_columns
-from spark_jobs.sources import read_lines
+from spark_jobs.sources import jars_for, read_lines
 from spark_jobs.status import StreamStatus
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,15 @@ def resolve_generation(
         # A checkpoint Spark started without us: its batch ids are the sink's.
         return Generation(first_sink_batch_id=0)
     last = sink.last_batch_id()
+    if last is not None and args.source == "kafka" and not args.allow_new_checkpoint:
+        raise RefusedToStart(
+            f"--checkpoint {args.checkpoint} is new but --sink {args.sink} already holds batches "
+            f"up to {last}: a new checkpoint would read the topics from --kafka-starting-offsets "
+            f"({args.kafka_starting_offsets}) and could count records twice. Resume with the "
+            "checkpoint that wrote this sink, point --sink at an empty folder, or pass "
+            "--allow-new-checkpoint with --kafka-starting-offsets naming the first offsets never "
+            "counted."
+        )
     if last is not None and args.source == "file" and not args.allow_new_checkpoint:
         raise RefusedToStart(
             f"--checkpoint {args.checkpoint} is new but --sink {args.sink} already holds batches "
@@ -308,7 +318,12 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
 def _run_leased(
     spec: JobSpec, args: argparse.Namespace, stop: StopRequest, lost: list[LeaseHolder | None]
 ) -> int:
-    spark = build_session(f"streamops-{spec.name}")
+    try:
+        jars = jars_for(args)
+    except JarUnavailable as missing:
+        sys.stderr.write(f"{spec.name}: error: {missing}\n")
+        return EXIT_REFUSED
+    spark = build_session(f"streamops-{spec.name}", jars)
     stop.install()  # again: the SparkContext replaced the SIGINT handler
     try:
         job = start(spark, spec, args)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -34,9 +34,11 @@ STATE_STORE_PROVIDERS = {
 # on other hosts must reach the driver (the compose file does, for the scheduler's drivers).
 BIND_ADDRESS_ENV = "SPARK_LOCAL_IP"
 DEFAULT_BIND_ADDRESS = "127.0.0.1"
-# Spark's default (secret|password|token|access[.]?key) plus other common names of credentials.
+# Spark's default (secret|password|token|access[.]?key) plus other common names of credentials
+# (`jaas`: Kafka's `sasl.jaas.config` holds a login, given as a Kafka source option).
 REDACTION_REGEX = (
     r"(?i)secret|password|passwd|token|access[.]?key|api[._-]?key|credential|private[._-]?key"
+    r"|jaas"
 )
 
 DRIVER_CONF = {
@@ -166,13 +168,15 @@ def checkpoint_conf(spark: SparkSession, checkpoint: str) -> dict[str, str]:
     return {}
 
 
-def build_session(app_name: str) -> SparkSession:
-    """A session with the settings the jobs rely on.
+def build_session(app_name: str, jars: Sequence[str] = ()) -> SparkSession:
+    """A session with the settings the jobs rely on, and `jars` (local paths) on its classpath.
 
     Per-query settings (shuffle partitions, state store) are set by `runner.start`.
 
     The master comes from `spark-submit` (or `PYSPARK_SUBMIT_ARGS`); run with plain `python -m`
-    it is Spark's default, `local[*]`.
+    it is Spark's default, `local[*]`. The jars are given to the JVM that `python -m` launches
+    (`spark.jars`, which puts them on the driver's classpath too); under spark-submit the JVM
+    already runs, and its `--jars` (the stream DAGs pass them) are what counts.
     """
     from pyspark.sql import SparkSession
 
@@ -181,18 +185,25 @@ def build_session(app_name: str) -> SparkSession:
     # runs, with the environment its launcher gave it.
     os.environ.update(driver_environment())
     builder = SparkSession.builder.appName(app_name)
-    for key, value in {**DRIVER_CONF, **_ui_port_conf()}.items():
+    for key, value in {**DRIVER_CONF, **_ui_port_conf(jars)}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
 
 
-def _ui_port_conf() -> dict[str, str]:
-    """`spark.ui.port` for a UI that browsers may open, unless the deployment set one."""
+def _ui_port_conf(jars: Sequence[str] = ()) -> dict[str, str]:
+    """`spark.ui.port` for a UI that browsers may open, unless the deployment set one.
+
+    Launches the JVM (unless it runs already), with `jars` in its `spark.jars`.
+    """
     from pyspark import SparkConf, SparkContext
 
-    SparkContext._ensure_initialized()  # the JVM, with spark-submit's --conf and spark-defaults
+    launch = SparkConf(loadDefaults=False)
+    if jars:
+        launch.set("spark.jars", ",".join(jars))
+    # The JVM, with spark-submit's --conf and spark-defaults (and `launch` when it starts now).
+    SparkContext._ensure_initialized(conf=launch)
     if SparkConf().contains(UI_PORT_KEY):
         return {}
     address = os.environ.get(BIND_ADDRESS_ENV) or DEFAULT_BIND_ADDRESS

@@ -7,6 +7,9 @@ import argparse
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from spark_jobs import jars
+from spark_jobs.cli import kafka_client_options
+
 RATE_VOCABULARY = 1000
 
 
@@ -19,6 +22,12 @@ def read_lines(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
     - socket: lines from a TCP server (`nc -lk 9999`). Not replayable: lines sent while the job
       is down are lost, so use it for trying things out, not for exactly-once results.
     - rate: `--rows-per-second` generated words `w0` ... `w999`, for load tests.
+    - kafka: the value of each record of `--kafka-topic` (or the topics matching
+      `--kafka-topic-pattern`), read with Spark's own `kafka` source, which keeps the offsets
+      of every batch in the checkpoint: a restart neither skips nor re-reads a record. Keys and
+      headers are ignored. A null value (a tombstone) is no line; an empty value is an empty
+      line. The value's bytes become the line as they are, as a file's bytes do for the file
+      source: bytes that are not valid UTF-8 are read as U+FFFD by the tokenizer, a separator.
     """
     if args.source == "file":
         reader = spark.readStream.format("text")
@@ -36,4 +45,39 @@ def read_lines(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
         rate = spark.readStream.format("rate").option("rowsPerSecond", args.rows_per_second).load()
         word = F.concat(F.lit("w"), (F.col("value") % RATE_VOCABULARY).cast("string"))
         return rate.select(word.alias("value"))
+    if args.source == "kafka":
+        return read_kafka(spark, args)
     raise ValueError(f"unknown source {args.source!r}")
+
+
+def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
+    """The kafka source of `read_lines`: one `value` line per record with a non-null value."""
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", args.kafka_bootstrap_servers)
+        # Only read when a new checkpoint starts; a checkpoint resumes from its own offsets.
+        .option("startingOffsets", args.kafka_starting_offsets)
+    )
+    if args.kafka_topic:
+        reader = reader.option("subscribe", ",".join(args.kafka_topic))
+    else:
+        reader = reader.option("subscribePattern", args.kafka_topic_pattern)
+    if args.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
+    for key, value in kafka_client_options(args.kafka_option).items():
+        reader = reader.option(key, value)
+    # A binary-to-string cast keeps the bytes as they are, as the text source does for a file's
+    # lines (UTF8String of the raw bytes): the tokenizer's regex then decodes malformed
+    # sequences to U+FFFD, a separator (tokenizer.words_of), so both sources count alike.
+    records = reader.load()
+    return records.where(F.col("value").isNotNull()).select(
+        F.col("value").cast("string").alias("value")
+    )
+
+
+def jars_for(args: argparse.Namespace) -> list[str]:
+    """Local paths of the jars the source in `args` needs beyond pyspark's own (none but kafka's).
+
+    Raises `jars.JarUnavailable` naming the artifact when one cannot be had.
+    """
+    return jars.for_source(args.source)

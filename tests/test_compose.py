@@ -274,7 +274,7 @@ def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
         assert repository, f"{name}: {image} has no tag"
         assert "/" not in tag, f"{name}: {image} has no tag"
         assert tag != "latest", f"{name}: {image}"
-    # The built image: Airflow 3.3.2 on Python 3.11, and the locked pyspark is Spark 4.3.0
+    # The built image: Airflow 3.3.2 on Python 3.11, and the locked pyspark is Spark 4.2.0
     froms = re.findall(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
     assert "apache/airflow:3.3.2-python3.11" in froms
     for base in froms:
@@ -282,7 +282,7 @@ def test_every_image_is_pinned(compose: dict[str, Any]) -> None:
         assert not base.endswith(":latest")
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
     versions = {p["name"]: p["version"] for p in lock["package"]}
-    assert versions["pyspark"] == "4.3.0"
+    assert versions["pyspark"] == "4.2.0"
     assert versions["apache-airflow"] == "3.3.2"
 
 

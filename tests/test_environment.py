@@ -19,7 +19,7 @@ def test_pyspark_files_belong_to_pyspark() -> None:
     # pyspark-client writes into the same folder; a file it overwrote no longer matches pyspark's
     # RECORD hash. The lock excludes it, and this proves that nothing else did the same.
     dist = metadata.distribution("pyspark")
-    assert dist.version == "4.3.0"
+    assert dist.version == "4.2.0"
     mismatched = []
     for entry in dist.files or []:
         if entry.hash is None or not str(entry).startswith("pyspark/"):
@@ -29,7 +29,7 @@ def test_pyspark_files_belong_to_pyspark() -> None:
         ).digest()
         if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != entry.hash.value:
             mismatched.append(str(entry))
-    assert not mismatched, f"files not from pyspark 4.3.0: {mismatched[:10]}"
+    assert not mismatched, f"files not from pyspark 4.2.0: {mismatched[:10]}"
     with pytest.raises(metadata.PackageNotFoundError):
         metadata.distribution("pyspark-client")
 

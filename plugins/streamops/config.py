@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from spark_jobs.cli import SOURCES
+from spark_jobs.cli import DAG_SOURCES as SOURCES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOBS = ("word_count", "running_total")

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from spark_jobs import jars
 from spark_jobs.java_runtime import java_home
 from spark_jobs.packaging import build_py_files
 from spark_jobs.session import driver_environment, unreachable_driver_warning
@@ -304,6 +305,12 @@ class StreamSubmitOperator(SparkSubmitOperator):
     def _prepare_submit(self, context: Context, spec: StreamSpec) -> None:
         self.application_args = self._application_args(context, spec)
         self.py_files = str(build_py_files(Path(tempfile.mkdtemp(prefix="streamops-"))))
+        # The jars the source needs beyond pyspark's (the Kafka source's), as spark-submit's
+        # --jars: local paths from the pinned cache, which spark-submit ships to the cluster.
+        try:
+            self.jars = ",".join(jars.for_source(spec.source)) or None
+        except jars.JarUnavailable as err:
+            raise AirflowFailException(f"stream {spec.stream}: {err}") from err
         env = dict(self.env_vars or {})
         env.setdefault("PYSPARK_PYTHON", sys.executable)
         if home := java_home():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from spark_jobs.cli import SOURCES
+from spark_jobs.cli import DAG_SOURCES as SOURCES
 from streamops.config import (
     HOST_PATTERN,
     INTERVAL_PATTERN,

@@ -18,7 +18,7 @@ def dirs(tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
-        (["--source", "kafka"], "--source"),
+        (["--source", "pulsar"], "--source"),
         (["--max-files-per-trigger", "0"], "--max-files-per-trigger"),
         (["--max-files-per-trigger", "-3"], "--max-files-per-trigger"),
         (["--shuffle-partitions", "two"], "--shuffle-partitions"),
@@ -112,3 +112,107 @@ def test_zero_trigger_interval_means_back_to_back(dirs: list[str]) -> None:
     assert word_count.parse_args([*dirs, "--trigger-interval", "0 seconds"]).trigger_interval == (
         "0 seconds"
     )
+
+
+KAFKA = ["--source", "kafka", "--kafka-bootstrap-servers", "127.0.0.1:9092"]
+OUT = ["--sink", "s", "--checkpoint", "c"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        ([*KAFKA, *OUT], "--kafka-topic"),
+        (["--source", "kafka", "--kafka-topic", "lines", *OUT], "--kafka-bootstrap-servers"),
+        ([*KAFKA, "--kafka-topic", "bad topic", *OUT], "--kafka-topic"),
+        ([*KAFKA, "--kafka-topic", "a", "--kafka-topic-pattern", "b.*", *OUT], "--kafka-topic"),
+        ([*KAFKA, "--kafka-topic-pattern", "(unclosed", *OUT], "--kafka-topic-pattern"),
+        ([*KAFKA, "--kafka-topic", "a", "--kafka-starting-offsets", "oldest", *OUT], "offsets"),
+        (
+            [*KAFKA, "--kafka-topic", "a", "--kafka-starting-offsets", '{"a": {"x": 1}}', *OUT],
+            "--kafka-starting-offsets",
+        ),
+        ([*KAFKA, "--kafka-topic", "a", "--max-offsets-per-trigger", "0", *OUT], "--max-offsets"),
+        ([*KAFKA, "--kafka-topic", "a", "--kafka-option", "novalue", *OUT], "--kafka-option"),
+        (
+            [*KAFKA, "--kafka-topic", "a", "--kafka-option", "bootstrap.servers=x:1", *OUT],
+            "--kafka-bootstrap-servers",
+        ),
+        ([*KAFKA, "--kafka-topic", "a", "--kafka-option", "acks=env:1BAD", *OUT], "env:"),
+        (["--source", "rate", "--kafka-topic", "a", *OUT], "--kafka-topic"),
+        (["--source", "rate", "--max-offsets-per-trigger", "5", *OUT], "--max-offsets-per-trigger"),
+    ],
+)
+def test_bad_kafka_arguments_name_the_argument(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        running_total.parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("running_total: error: ")
+    assert named in err
+
+
+def test_kafka_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_JAAS", "login secret")
+    offsets = '{"lines": {"0": 23, "1": -2}}'
+    argv = [
+        *KAFKA,
+        "--kafka-topic", "lines", "more.lines",
+        "--kafka-topic", "third",
+        "--kafka-starting-offsets", offsets,
+        "--max-offsets-per-trigger", "1000",
+        "--kafka-option", "security.protocol=SASL_SSL",
+        "--kafka-option", "kafka.sasl.mechanism=PLAIN",
+        "--kafka-option", "sasl.jaas.config=env:KAFKA_JAAS",
+        *OUT,
+    ]  # fmt: skip
+    args = word_count.parse_args(argv)
+    assert args.kafka_topic == ["lines", "more.lines", "third"]
+    assert args.kafka_starting_offsets == offsets
+    assert args.max_offsets_per_trigger == 1000
+    assert cli.kafka_client_options(args.kafka_option, {"KAFKA_JAAS": "login secret"}) == {
+        "kafka.security.protocol": "SASL_SSL",
+        "kafka.sasl.mechanism": "PLAIN",
+        "kafka.sasl.jaas.config": "login secret",
+    }
+    default = word_count.parse_args([*KAFKA, "--kafka-topic-pattern", "lines-.*", *OUT])
+    assert default.kafka_starting_offsets == "earliest"
+    assert default.kafka_topic_pattern == "lines-.*"
+    assert default.kafka_topic is None
+
+
+def test_a_credential_given_in_the_command_line_is_refused_without_echoing_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for option in ("sasl.jaas.config=hunter2-jaas", "ssl.key.password=hunter2-jaas"):
+        with pytest.raises(SystemExit):
+            word_count.parse_args([*KAFKA, "--kafka-topic", "a", "--kafka-option", option, *OUT])
+        err = capsys.readouterr().err
+        assert "hunter2" not in err
+        assert "=env:VARNAME" in err
+
+
+def test_an_unset_environment_variable_is_named_and_its_absence_reported() -> None:
+    with pytest.raises(ValueError, match="KAFKA_JAAS is not set"):
+        cli.kafka_client_options([("sasl.jaas.config", "env:KAFKA_JAAS")], {})
+
+
+def test_an_unset_environment_variable_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("STREAMOPS_TEST_UNSET", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        word_count.parse_args(
+            [
+                *KAFKA,
+                "--kafka-topic",
+                "a",
+                "--kafka-option",
+                "sasl.jaas.config=env:STREAMOPS_TEST_UNSET",
+                *OUT,
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "STREAMOPS_TEST_UNSET is not set" in capsys.readouterr().err
