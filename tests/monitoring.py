@@ -147,12 +147,13 @@ def alertmanager_config(folder: Path, resolve_timeout: str, webhook: str | None 
 
 @contextlib.contextmanager
 def alertmanager(
-    folder: Path, resolve_timeout: str = "5m", webhook: str | None = None
+    folder: Path, resolve_timeout: str = "5m", webhook: str | None = None, port: int | None = None
 ) -> Iterator[Server]:
-    """A real Alertmanager on a free port, alone (no cluster), its data under `folder`."""
+    """A real Alertmanager on `port` (default: a free one), alone (no cluster), its data under
+    `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     config = alertmanager_config(folder, resolve_timeout, webhook)
-    port = free_port()
+    port = port or free_port()
     argv = [
         binary(ALERTMANAGER),
         f"--config.file={config}",
