@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -98,3 +100,48 @@ def test_the_compose_prometheus_loads_the_rules(tmp_path: Path) -> None:
     done = promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(REQUIRED)} rules found" in done.stdout
+
+
+def test_the_oncall_page_lists_the_rules_as_they_are() -> None:
+    # docs/oncall.md's table: alert, `for:` and severity of every rule, as in the rules file
+    page = (ROOT / "docs" / "oncall.md").read_text()
+    rows = {
+        match[0]: (match[1], match[2])
+        for match in re.findall(r"^\| `(Streamops\w+)` \| .* \| (\d+m) \| (\w+) \|$", page, re.M)
+    }
+    assert rows == {r["alert"]: (r["for"], r["labels"]["severity"]) for r in rules()}
+
+
+def test_the_oncall_route_sends_the_stream_rules_nowhere_and_the_others_on(
+    tmp_path: Path,
+) -> None:
+    # The Alertmanager route of docs/oncall.md, checked and tried by Debian's amtool
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool is not installed (Debian's prometheus-alertmanager)")
+    page = (ROOT / "docs" / "oncall.md").read_text()
+    (route,) = [
+        block for block in re.findall(r"```yaml\n(.*?)```", page, re.S) if "route:" in block
+    ]
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(route)
+    done = subprocess.run(
+        [amtool, "check-config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for rule in rules():
+        done = subprocess.run(
+            [
+                amtool,
+                "config",
+                "routes",
+                "test",
+                f"--config.file={config}",
+                f"alertname={rule['alert']}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        expected = "null" if rule["alert"].startswith("StreamopsStream") else "oncall"
+        assert done.stdout.strip() == expected, (rule["alert"], done.stdout, done.stderr)
