@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,3 +185,10 @@ def prometheus(folder: Path, config: Path) -> Iterator[Server]:
         "Prometheus", argv, f"http://127.0.0.1:{port}", "/-/ready", folder / "prometheus.log"
     ) as server:
         yield server
+
+
+def active_alerts(server: Server, stream: str) -> list[dict[str, Any]]:
+    """The alerts of `stream` that an Alertmanager holds active now (`GET /api/v2/alerts`)."""
+    query = urllib.parse.urlencode({"filter": f'stream="{stream}"', "active": "true"})
+    alerts: list[dict[str, Any]] = http_json(f"{server.url}/api/v2/alerts?{query}")
+    return [a for a in alerts if a["status"]["state"] == "active"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +23,7 @@ from streamops.health import Breach
 from streamops.incidents import AlertSettings, IncidentStore, update
 from streamops.notifiers import IncidentChannels, incident_links
 from tests.conftest import free_port
-from tests.monitoring import Server, alertmanager, http_json
+from tests.monitoring import Server, active_alerts, alertmanager
 
 RESOLVE_TIMEOUT = 3.0  # seconds: Alertmanager resolves an alert not posted again within this
 SETTINGS = AlertSettings()
@@ -90,11 +89,9 @@ def manager(tmp_path: Path, notifications: Notifications, connect: Any) -> Itera
         yield server
 
 
-def active(server: Server, stream: str = "wc") -> list[dict[str, Any]]:
-    """The alerts of `stream` that Alertmanager holds active now."""
-    query = urllib.parse.urlencode({"filter": f'stream="{stream}"', "active": "true"})
-    alerts: list[dict[str, Any]] = http_json(f"{server.url}/api/v2/alerts?{query}")
-    return [a for a in alerts if a["status"]["state"] == "active"]
+def active(server: Server) -> list[dict[str, Any]]:
+    """The alerts of stream wc that Alertmanager holds active now."""
+    return active_alerts(server, "wc")
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> None:
