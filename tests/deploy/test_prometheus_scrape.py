@@ -24,12 +24,15 @@ from fastapi import FastAPI
 from spark_jobs.layout import CheckpointLayout
 from spark_jobs.status import write_status
 from streamops import registry
+from streamops.health import Breach
+from streamops.incidents import AlertSettings, IncidentStore, update
 from streamops.overview import clear_cache
 from streamops.web import create_app
 from tests.conftest import ROOT, free_port
+from tests.deploy.test_grafana import queries as grafana_queries
 from tests.deploy.test_prometheus_rules import RULES
 from tests.monitoring import http_json, prometheus
-from tests.streamops.test_health import make_status
+from tests.streamops.test_health import NOW, make_status
 from tests.streamops.test_web import data_root, dead_pid, root
 
 __all__ = ["data_root", "dead_pid", "root"]  # fixtures, used by name
@@ -96,7 +99,10 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 def test_prometheus_scrapes_the_streams_and_a_dead_driver_fires_the_rule(
     tmp_path: Path, root: Path, endpoint: str, dead_pid: int
 ) -> None:
-    # Given a Prometheus with the compose file's job and the rules
+    # Given an open incident, so that every metric has a sample, and a Prometheus with the
+    # compose file's job and the rules
+    stalled = Breach("word_count", "stalled", "120 s", "stream word_count: stalled")
+    update("word_count", [stalled], NOW, lambda *_: [], AlertSettings(), IncidentStore(str(root)))
     config = compose_config(tmp_path, endpoint)
     with prometheus(tmp_path / "prometheus", config) as server:
         ready = time.time()
@@ -136,3 +142,8 @@ def test_prometheus_scrapes_the_streams_and_a_dead_driver_fires_the_rule(
             ("word_count", "pending")
         ]
         assert alerts[0]["metric"]["severity"] == "page"
+        # And every query of the Grafana dashboard runs there (a PromQL error fails the request)
+        # and finds data
+        for promql in grafana_queries():
+            concrete = promql.replace('=~"$stream"', '=~".+"').replace("$stream", "word_count")
+            assert query(server.url, concrete), f"no data: {concrete}"
