@@ -61,7 +61,7 @@ BENCH_OUT ?= .cache/bench-quick
 bench-quick: $(SYNCED)  ## the same report on small inputs (about 10 min) into BENCH_OUT, not docs/
 	$(BIN)/python bench/report.py --mode quick --out $(BENCH_OUT)
 
-system-deps:  ## Debian packages the integration tests use (chromium, docker-compose, postgresql)
+system-deps:  ## Debian packages the integration tests use (chromium, docker-compose, postgresql, prometheus, alertmanager)
 	@scripts/system-deps.sh
 
 clean:  ## remove the virtual env, caches and demo data

@@ -13,9 +13,12 @@ notification when it opens, nothing while it lasts, a *reminder* every
 the first passing check. A stream that breaks again within `$STREAMOPS_ALERT_FLAP_SECONDS` (15
 min) of recovering reopens the same incident: one *flapping* notice, and *resolved* once it has
 stayed resolved that long. Notifications go to `<data root>/_streamops/alerts.jsonl`, and to
-Slack, e-mail and a webhook (Alertmanager's payload, with a dedup key per incident) when the
-`streamops_slack`, `streamops_smtp` and `streamops_webhook` connections exist. A channel that
-fails is retried at the next check, as the task log says. A stream stopped on purpose has its
+Slack, e-mail, Alertmanager (`/api/v2/alerts`, posted again at every check while the incident
+is open, with `endsAt` when it resolves), PagerDuty (Events API v2, one `dedup_key` per incident)
+and a webhook (Alertmanager's webhook-receiver format) when the `streamops_slack`,
+`streamops_smtp`, `streamops_alertmanager`, `streamops_pagerduty` and `streamops_webhook`
+connections exist (docs/oncall.md). A channel that fails is retried at the next check, as the
+task log says. A stream stopped on purpose has its
 incidents resolved.
 
 Signals (default thresholds in brackets):

@@ -22,6 +22,12 @@ A notification that a channel could not deliver stays with its incident and is s
 that channel at the next check of the stream; the incident is closed only once everything is
 delivered.
 
+Some receivers forget an alert that is not sent again: Alertmanager resolves one by itself
+after its `resolve_timeout` (5 min by default). A sender that says so (`refreshes_open = True`,
+as `streamops.notifiers.IncidentChannels` does) also gets a **refresh** of every open incident
+at every check that sent it nothing else: the incident as it is, for those receivers only. A
+refresh that fails is not kept: the next check sends a new one.
+
 Settings (environment of the workers, read at each check): `STREAMOPS_ALERT_REPEAT_SECONDS`
 (default 14400, 4 h, Alertmanager's `repeat_interval`), `STREAMOPS_ALERT_FLAP_SECONDS` (default
 900).
@@ -50,8 +56,9 @@ FLAP_ENV = "STREAMOPS_ALERT_FLAP_SECONDS"
 DEFAULT_REPEAT_SECONDS = 4 * 3600
 DEFAULT_FLAP_SECONDS = 900
 
-Kind = Literal["firing", "reminder", "flapping", "resolved"]
+Kind = Literal["firing", "reminder", "flapping", "resolved", "refresh"]
 #: Sends one notification to every channel (or to the channels named); returns those that failed.
+#: A sender with a true `refreshes_open` attribute also gets the refreshes of open incidents.
 Send = Callable[[dict[str, Any], list[str] | None], list[str]]
 
 
@@ -226,6 +233,7 @@ def event(incident: Incident, kind: Kind, now: datetime, note: str | None = None
         ),
         "resolved": f"stream {incident.stream}: {incident.signal} resolved after {lasted}"
         + (f" ({incident.flaps} flaps)" if incident.flaps else ""),
+        "refresh": f"stream {incident.stream}: {incident.signal} since {incident.opened_at}",
     }[kind]
     return {
         "time": _iso(now),
@@ -372,13 +380,20 @@ class _Check:
                 self.notify(incident, "resolved")
 
     def finish(self, send: Send) -> list[dict[str, Any]]:
-        """Send what is due, keep what failed for the next check, save or close each incident."""
+        """Send what is due, keep what failed for the next check, save or close each incident;
+        refresh the open incidents this check sent nothing, for the senders that want it."""
         sent = []
         for incident, note, channels in self.outbox:
             failed = _deliver(send, note, channels, self.log)
             if failed:
                 incident.undelivered.append({"event": note, "channels": failed})
             sent.append(note)
+        if getattr(send, "refreshes_open", False):
+            notified = {id(incident) for incident, *_ in self.outbox}
+            for incident in self.current.values():
+                if id(incident) not in notified and not incident.resolve_notified:
+                    # Open: firing, or resolved within a flap window (not notified as resolved).
+                    self._refresh(send, incident)
         for incident in self.current.values():
             # A resolved incident is kept for a flap window, so that it can reopen as the same
             # incident, and until every notification of it is delivered.
@@ -389,6 +404,15 @@ class _Check:
             else:
                 self.store.save(incident)
         return sent
+
+    def _refresh(self, send: Send, incident: Incident) -> None:
+        note = event(incident, "refresh", self.now, incident.restarted)
+        failed = send(note, None)
+        if failed:
+            self.log(
+                f"stream {incident.stream}: could not refresh {incident.signal} in "
+                f"{', '.join(failed)}: sent again at the next check"
+            )
 
 
 def _close(store: IncidentStore, incident: Incident, log: Callable[[str], None]) -> None:

@@ -35,9 +35,10 @@ Names follow Prometheus conventions: `streamops_` prefix, base units in the name
 | `streamops_quality_last_validation_timestamp_seconds` | gauge | when it ran |
 | `streamops_overview_problems` | gauge | files that could not be read (0 when all is readable) |
 
-Alert on `streamops_stream_healthy == 0`, or on
-`time() - streamops_stream_last_batch_timestamp_seconds` for streams with input;
-`docs/runbook.md` says what to do for each breach.
+`promtool check metrics` finds nothing to report in this exposition
+(tests/streamops/test_metrics.py). The alert rules on these metrics are
+`deploy/prometheus/streamops-rules.yml` (docs/oncall.md); `docs/runbook.md` says what to do for
+each breach.
 """
 
 from __future__ import annotations

@@ -2,10 +2,30 @@
 tasks.
 
 `IncidentChannels` sends the notifications of `streamops.incidents` (firing, reminder, flapping,
-resolved) to the alerts file, Slack, e-mail and a webhook (`streamops_webhook`: an `http`
-connection; the body is Alertmanager's webhook payload, version 4, with the incident's dedup
-key as `groupKey` and as each alert's `fingerprint`, so Alertmanager, PagerDuty or Opsgenie can
-take it). It reports which channels failed, for the incident to retry them.
+resolved, and the refreshes of open incidents) to every channel whose connection exists, and
+reports which channels failed, for the incident to retry them. The channels, in `CHANNELS`:
+
+- `alerts file` (always): one JSON line in `<data root>/_streamops/alerts.jsonl`;
+- `Slack` (`streamops_slack`, a `slackwebhook` connection) and `e-mail` (`streamops_smtp`, an
+  `smtp` connection with extra `to`): the text of `incident_text`;
+- `Alertmanager` (`streamops_alertmanager`, an `http` connection whose host is Alertmanager's
+  base URL): one alert, posted to Alertmanager's API (`POST /api/v2/alerts`);
+- `PagerDuty` (`streamops_pagerduty`, an `http` connection, host `https://events.pagerduty.com`,
+  the integration's routing key as password): an Events API v2 event (`/v2/enqueue`), trigger
+  when the incident fires or flaps, resolve when it resolves;
+- `webhook` (`streamops_webhook`, an `http` connection, optional extra `endpoint`): the body that
+  Alertmanager posts to its *webhook receivers* (version 4).
+
+Each takes every notification but the refreshes, which only Alertmanager takes; PagerDuty takes
+no reminders either (it keeps alerting by itself).
+
+The Alertmanager channel is Alertmanager's own client side: the alert (labels `alertname`,
+`stream`, `signal`, `severity`) is posted again at every health check while the incident is
+open, so that Alertmanager's `resolve_timeout` never resolves a live incident, and with `endsAt`
+when it resolves. PagerDuty gets one `dedup_key` per incident. The webhook's body is not what
+Alertmanager itself accepts: it is for receivers that take Alertmanager's webhooks (Grafana
+OnCall, Opsgenie's and PagerDuty's Alertmanager integrations); its `groupKey` and each alert's
+`fingerprint` come from the incident's dedup key.
 
 `StreamAlertNotifier` tells people that a task failed, once per failed task.
 
@@ -50,6 +70,13 @@ if TYPE_CHECKING:
 SLACK_CONN_ID = "streamops_slack"
 SMTP_CONN_ID = "streamops_smtp"
 WEBHOOK_CONN_ID = "streamops_webhook"
+ALERTMANAGER_CONN_ID = "streamops_alertmanager"
+PAGERDUTY_CONN_ID = "streamops_pagerduty"
+#: Alertmanager's API for clients (the body is a JSON list of alerts).
+ALERTMANAGER_ALERTS = "/api/v2/alerts"
+PAGERDUTY_ENQUEUE = "/v2/enqueue"
+#: Signals someone acts on now; the others can wait for the working day (as in the rules file).
+PAGE_SIGNALS = frozenset({"not_running", "stalled", "check_error"})
 DEFAULT_BASE_URL = "http://localhost:8080"
 STREAM_IN_MESSAGE = re.compile(r"^stream ([a-z][a-z0-9_]*)\b")
 
@@ -230,16 +257,92 @@ def incident_text(event: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def alertmanager_payload(event: dict[str, Any]) -> dict[str, Any]:
-    """Alertmanager's webhook payload (version 4) for one notification of an incident."""
-    links = incident_links(event)
-    fingerprint = hashlib.sha256(event["dedup_key"].encode()).hexdigest()[:16]
-    labels = {
+def severity(signal: str) -> str:
+    """`page` for a stream that is down or stuck, `ticket` for the rest."""
+    return "page" if signal in PAGE_SIGNALS else "ticket"
+
+
+def alert_labels(event: dict[str, Any]) -> dict[str, str]:
+    """The labels of an incident's alert: the same in the Alertmanager channel, the webhook
+    and the Prometheus rules (`deploy/prometheus/streamops-rules.yml`)."""
+    return {
         "alertname": f"streamops_{event['signal']}",
         "stream": event["stream"],
         "signal": event["signal"],
-        "severity": "page",
+        "severity": severity(event["signal"]),
     }
+
+
+def alertmanager_alert(event: dict[str, Any]) -> dict[str, Any]:
+    """One alert for Alertmanager's API (`POST /api/v2/alerts` takes a list of them).
+
+    A firing alert has no `endsAt`: Alertmanager keeps it for `resolve_timeout` from each post,
+    and the channel posts it at every check. A resolved one ends when the incident resolved.
+    """
+    links = incident_links(event)
+    description = event["message"] + (f"\n{event['note']}" if event.get("note") else "")
+    alert: dict[str, Any] = {
+        "labels": alert_labels(event),
+        "annotations": {
+            "summary": event["headline"] if event["kind"] != "refresh" else event["message"],
+            "description": description,
+            "runbook_url": links["runbook"],
+            "dedup_key": event["dedup_key"],
+        },
+        "generatorURL": links["page"],
+        "startsAt": event["opened_at"],
+    }
+    if event["kind"] == "resolved":
+        alert["endsAt"] = event["resolved_at"]
+    return alert
+
+
+def pagerduty_event(event: dict[str, Any], routing_key: str) -> dict[str, Any] | None:
+    """A PagerDuty Events API v2 event: trigger (firing, flapping) or resolve, keyed by the
+    incident's dedup key; None for the notifications PagerDuty needs not hear (reminders, which
+    it keeps alerting on by itself, and refreshes)."""
+    action = {"firing": "trigger", "flapping": "trigger", "resolved": "resolve"}.get(event["kind"])
+    if action is None:
+        return None
+    body: dict[str, Any] = {
+        "routing_key": routing_key,
+        "event_action": action,
+        "dedup_key": event["dedup_key"],
+    }
+    if action == "trigger":
+        links = incident_links(event)
+        body["payload"] = {
+            "summary": event["headline"][:1024],
+            "source": f"stream {event['stream']}",
+            "severity": "critical" if severity(event["signal"]) == "page" else "warning",
+            "timestamp": event["opened_at"],
+            "component": event["stream"],
+            "group": event["signal"],
+            "class": event["signal"],
+            "custom_details": {
+                "message": event["message"],
+                "value": event["value"],
+                "note": event.get("note"),
+                "flaps": event["flaps"],
+            },
+        }
+        body["links"] = [
+            {"href": links["runbook"], "text": "runbook"},
+            {"href": links["page"], "text": "Streams page"},
+        ]
+        body["client"] = "streamops"
+        body["client_url"] = links["page"]
+    return body
+
+
+def alertmanager_webhook_payload(event: dict[str, Any]) -> dict[str, Any]:
+    """The body Alertmanager posts to its webhook receivers (version 4), for one notification.
+
+    Alertmanager itself does not accept it (its API takes `alertmanager_alert`); receivers of
+    Alertmanager's webhooks do."""
+    links = incident_links(event)
+    fingerprint = hashlib.sha256(event["dedup_key"].encode()).hexdigest()[:16]
+    labels = alert_labels(event)
     annotations = {
         "summary": event["headline"],
         "description": event["message"],
@@ -272,12 +375,29 @@ def alertmanager_payload(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: Every channel of `IncidentChannels`: its name (in logs and in the retries an incident keeps),
+#: and the name of the method that sends to it.
+CHANNELS = (
+    ("alerts file", "_write"),
+    ("Slack", "_slack"),
+    ("e-mail", "_email"),
+    ("Alertmanager", "_alertmanager"),
+    ("PagerDuty", "_pagerduty"),
+    ("webhook", "_webhook"),
+)
+#: The channels that take the refreshes of open incidents.
+REFRESHED = frozenset({"Alertmanager"})
+
+
 class IncidentChannels:
     """Sends incident notifications; each channel's failure is reported, never raised.
 
-    Channels: `alerts file` (always), `Slack`, `e-mail` and `webhook` (when their connection
-    exists). Call it with a notification and, for a retry, the channels still due.
+    Channels: `CHANNELS` (the alerts file always; the others when their connection exists).
+    Call it with a notification and, for a retry, the channels still due.
     """
+
+    #: `streamops.incidents.update` sends this sender the refreshes of open incidents.
+    refreshes_open = True
 
     def __init__(self, root: str | None = None) -> None:
         self.root = root
@@ -285,16 +405,13 @@ class IncidentChannels:
         self.log = self.helper.log
 
     def __call__(self, event: dict[str, Any], channels: list[str] | None = None) -> list[str]:
-        senders = {
-            "alerts file": self._write,
-            "Slack": self._slack,
-            "e-mail": self._email,
-            "webhook": self._webhook,
-        }
         failed = []
-        for name, send in senders.items():
+        for name, method in CHANNELS:
             if channels is not None and name not in channels:
                 continue
+            if event["kind"] == "refresh" and name not in REFRESHED:
+                continue
+            send = getattr(self, method)
             try:
                 send(event)
             except Exception as err:
@@ -349,6 +466,40 @@ class IncidentChannels:
         hook = HttpHook(method="POST", http_conn_id=WEBHOOK_CONN_ID)
         hook.run(
             endpoint=str(conn.extra_dejson.get("endpoint") or ""),
-            json=alertmanager_payload(event),
+            json=alertmanager_webhook_payload(event),
+            extra_options={"timeout": 10},
+        )
+
+    def _alertmanager(self, event: dict[str, Any]) -> None:
+        if self.helper._connection(ALERTMANAGER_CONN_ID) is None:
+            return
+        from airflow.providers.http.hooks.http import HttpHook
+
+        hook = HttpHook(method="POST", http_conn_id=ALERTMANAGER_CONN_ID)
+        hook.run(
+            endpoint=ALERTMANAGER_ALERTS,
+            json=[alertmanager_alert(event)],
+            extra_options={"timeout": 10},
+        )
+
+    def _pagerduty(self, event: dict[str, Any]) -> None:
+        conn = self.helper._connection(PAGERDUTY_CONN_ID)
+        if conn is None:
+            return
+        if not conn.password or not conn.host:
+            raise ValueError(
+                f"connection {PAGERDUTY_CONN_ID} needs the integration's routing key as its "
+                "password and https://events.pagerduty.com as its host"
+            )
+        body = pagerduty_event(event, conn.password)
+        if body is None:
+            return
+        from airflow.providers.http.hooks.http import HttpHook
+
+        # The routing key goes in the body (HttpHook sends basic auth only with a login).
+        hook = HttpHook(method="POST", http_conn_id=PAGERDUTY_CONN_ID)
+        hook.run(
+            endpoint=str(conn.extra_dejson.get("endpoint") or PAGERDUTY_ENQUEUE),
+            json=body,
             extra_options={"timeout": 10},
         )

@@ -15,7 +15,7 @@ import pytest
 
 from streamops.health import Breach
 from streamops.incidents import AlertSettings, IncidentStore, update
-from streamops.notifiers import IncidentChannels, alertmanager_payload
+from streamops.notifiers import IncidentChannels, alertmanager_webhook_payload
 
 T0 = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
 SETTINGS = AlertSettings(repeat=timedelta(hours=4), flap_window=timedelta(minutes=15))
@@ -199,7 +199,7 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_webhook_gets_alertmanager_payloads_with_one_dedup_key(
+def test_the_webhook_gets_alertmanager_webhook_payloads_with_one_dedup_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
@@ -254,6 +254,103 @@ def test_the_payload_of_a_firing_incident_has_no_end() -> None:
         "message": "m",
         "note": None,
     }
-    payload = alertmanager_payload(event)
+    payload = alertmanager_webhook_payload(event)
     assert payload["alerts"][0]["endsAt"] == "0001-01-01T00:00:00Z"
     assert payload["version"] == "4"
+
+
+class RefreshedOutbox(Outbox):
+    """An Outbox that also takes the refreshes of open incidents (as the Alertmanager channel)."""
+
+    refreshes_open = True
+
+
+def test_a_sender_that_asks_gets_a_refresh_of_each_open_incident_at_every_check(
+    tmp_path: Path,
+) -> None:
+    outbox = RefreshedOutbox()
+    # When stream wc fails for 3 checks, passes, flaps back and resolves for good
+    check(tmp_path, outbox, minutes(0), stalled())
+    check(tmp_path, outbox, minutes(1), stalled(), behind())
+    check(tmp_path, outbox, minutes(2), stalled(), behind())
+    check(tmp_path, outbox, minutes(3), behind())
+    check(tmp_path, outbox, minutes(4))
+    # Then each check refreshed every open incident it sent nothing else about, after the
+    # notifications
+    assert [(k, s) for k, s, _ in outbox.sent] == [
+        ("firing", "stalled"),
+        ("firing", "falling_behind"),
+        ("refresh", "stalled"),
+        ("refresh", "stalled"),
+        ("refresh", "falling_behind"),
+        ("resolved", "stalled"),
+        ("refresh", "falling_behind"),
+        ("resolved", "falling_behind"),
+    ]
+    # And a refresh is never kept for a retry: the next check sends a new one
+    outbox.sent, outbox.down = [], True
+    check(tmp_path, outbox, minutes(30), stalled())
+    check(tmp_path, outbox, minutes(31), stalled())
+    (incident,) = IncidentStore(str(tmp_path)).all()
+    assert [pending["event"]["kind"] for pending in incident.undelivered] == ["firing"]
+    # And senders that do not ask get no refresh (Outbox: the tests above)
+
+
+def test_a_flapping_incident_is_refreshed_until_it_resolves_for_good(tmp_path: Path) -> None:
+    outbox = RefreshedOutbox()
+    check(tmp_path, outbox, minutes(0), stalled())
+    check(tmp_path, outbox, minutes(1))  # resolved
+    check(tmp_path, outbox, minutes(2), stalled())  # flapping: the same incident, open again
+    check(tmp_path, outbox, minutes(3))  # passes, but it resolves only after a quiet window
+    check(tmp_path, outbox, minutes(19))
+    check(tmp_path, outbox, minutes(20))
+    assert [k for k, *_ in outbox.sent] == [
+        "firing",
+        "resolved",
+        "flapping",
+        "refresh",
+        "resolved",
+    ]
+
+
+def test_pagerduty_gets_trigger_then_resolve_with_one_dedup_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a local receiver in PagerDuty's place (no PagerDuty is reachable from the tests)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Receiver.bodies, Receiver.failing = [], True
+    monkeypatch.setenv("STREAMOPS_DATA_ROOT", str(tmp_path))
+    monkeypatch.delenv("AIRFLOW_CONN_STREAMOPS_WEBHOOK", raising=False)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_STREAMOPS_PAGERDUTY",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": f"http://127.0.0.1:{server.server_port}",
+                "password": "R0UTINGKEY",
+            }
+        ),
+    )
+    channels = IncidentChannels(str(tmp_path))
+    store = IncidentStore(str(tmp_path))
+    try:
+        # When it is down as the incident opens, then up for a reminder and the resolve
+        update("wc", [stalled()], minutes(0), channels, SETTINGS, store)
+        Receiver.failing = False
+        update("wc", [stalled()], minutes(1), channels, SETTINGS, store)
+        update("wc", [stalled()], minutes(4 * 60 + 1), channels, SETTINGS, store)  # a reminder
+        update("wc", [], minutes(4 * 60 + 2), channels, SETTINGS, store)
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Then it got the trigger (retried) and the resolve, with one dedup key, and no reminder
+    assert [b["event_action"] for b in Receiver.bodies] == ["trigger", "resolve"]
+    assert {b["dedup_key"] for b in Receiver.bodies} == {f"streamops/wc/stalled/{T0.isoformat()}"}
+    assert {b["routing_key"] for b in Receiver.bodies} == {"R0UTINGKEY"}
+    trigger = Receiver.bodies[0]
+    assert trigger["payload"]["severity"] == "critical"
+    assert trigger["payload"]["summary"].startswith("stream wc: stalled since")
+    assert (trigger["payload"]["component"], trigger["payload"]["group"]) == ("wc", "stalled")
+    assert trigger["links"][0]["href"].endswith("/streamops/runbook#stalled")
+    assert "payload" not in Receiver.bodies[1]
