@@ -190,6 +190,10 @@ class StreamSubmitOperator(SparkSubmitOperator):
         from streamops import registry
         from streamops.triggers import kill_driver
 
+        if pid == -1 and event:  # resumed with the trigger's event alone (`airflow dags test`)
+            pid = int(event.get("pid", -1))
+            driver_log = driver_log or str(event.get("driver_log", ""))
+            start_offset = start_offset or int(event.get("log_offset", 0))
         spec = self._spec(context)
         layout = CheckpointLayout.of(spec.checkpoint)
         holder = read_lease(layout.lease_file)
@@ -250,7 +254,12 @@ class StreamSubmitOperator(SparkSubmitOperator):
         spec = self._spec(context)
         layout = CheckpointLayout.of(spec.checkpoint)
         record = registry.load(spec.stream)
-        if record is None or record.desired == "stopped" or layout.stop_request.exists():
+        # A bounded (available-now) run is recorded as not expected to run on from its start:
+        # only a stop request stops it, and until it has read everything it restarts.
+        stopped = layout.stop_request.exists() or (
+            record is not None and record.desired == "stopped" and not spec.available_now
+        )
+        if record is None or stopped:
             if layout.stop_request.exists():
                 layout.stop_request.filesystem.delete_file(layout.stop_request.path)
             if record is not None:
@@ -421,6 +430,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
                 log_offset=start_offset,
                 stall_restart_seconds=stall_restart,
                 log_max_bytes=log_max_bytes,
+                pid=holder.pid,
             ),
             method_name="execute_complete",
             kwargs={"pid": holder.pid, "driver_log": log_path, "start_offset": start_offset},

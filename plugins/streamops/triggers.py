@@ -167,8 +167,10 @@ class StreamDriverTrigger(BaseTrigger):
         poll_interval: float = DRIVER_POLL_SECONDS,
         stall_restart_seconds: float = 0.0,
         log_max_bytes: int = 0,
+        pid: int = -1,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self.pid = int(pid)  # the driver's, for the event (-1: unknown, a trigger of old)
         self.stream = stream
         self.checkpoint = checkpoint
         self.token = token
@@ -191,6 +193,7 @@ class StreamDriverTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "stall_restart_seconds": self.stall_restart_seconds,
                 "log_max_bytes": self.log_max_bytes,
+                "pid": self.pid,
             },
         )
 
@@ -293,6 +296,10 @@ class StreamDriverTrigger(BaseTrigger):
                     {
                         "stream": self.stream,
                         "token": self.token,
+                        # What the operator's execute_complete also gets as its own kwargs;
+                        # `airflow dags test` hands it the event alone.
+                        "pid": self.pid,
+                        "driver_log": self.driver_log,
                         "log_offset": self.log_offset,
                         "hung": hung,
                     }

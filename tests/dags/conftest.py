@@ -72,15 +72,22 @@ def run_state(result: subprocess.CompletedProcess[str]) -> str:
 
 @contextmanager
 def running_stream(
-    dag_id: str, checkpoint: Path, env: dict[str, str], until: str = "batch", timeout: float = 240
+    dag_id: str,
+    checkpoint: Path,
+    env: dict[str, str],
+    until: str = "batch",
+    timeout: float = 240,
+    *,
+    conf: dict[str, object] | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
-    """A stream DAG run under `airflow dags test` in the background, yielded once its job is
-    running (`until="running"`) or has finished a batch (`until="batch"`); killed on exit if it
-    is still there."""
+    """A stream DAG run under `airflow dags test` in the background (its Params `conf`), yielded
+    once its job is running (`until="running"`) or has finished a batch (`until="batch"`);
+    killed on exit if it is still there."""
     from spark_jobs.status import read_status
 
+    params = json.dumps(conf or {"shuffle_partitions": 2})
     stream = subprocess.Popen(
-        [str(BIN / "airflow"), "dags", "test", dag_id, "-c", '{"shuffle_partitions": 2}'],
+        [str(BIN / "airflow"), "dags", "test", dag_id, "-c", params],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -89,6 +89,35 @@ def test_a_failing_job_is_restarted_then_fails_past_the_budget(
     assert record.desired == "running"  # stream_health must flag it
 
 
+def test_a_bounded_run_whose_driver_is_killed_restarts_and_reads_everything_once(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    # Given a bounded (available-now) run over 30 files, one a micro-batch
+    files = {f"{i:02d}.txt": f"alpha beta w{i}\nalpha\n" for i in range(30)}
+    for name, text in files.items():
+        drop_file(tmp_path / "streams/word_count/input", name, text)
+    env = airflow_env(airflow_home, tmp_path, STREAMOPS_RESTART_BACKOFF_SECONDS="1")
+    checkpoint = tmp_path / "streams/word_count/checkpoint"
+    conf = {"available_now": True, "max_files_per_trigger": 1, "shuffle_partitions": 2}
+    with running_stream("word_count_stream", checkpoint, env, conf=conf) as stream:
+        # When its driver is killed after its first batch (as the OOM killer would)
+        status = read_status(str(checkpoint))
+        assert status is not None
+        assert status.pid is not None
+        os.kill(status.pid, signal.SIGKILL)
+        output, _ = stream.communicate(timeout=400)
+    # Then the run restarts the job from the checkpoint and succeeds only once all is read
+    assert "restart 1 of" in output, output[-3000:]
+    assert "state=success" in output, output[-3000:]
+    sink = pd.read_parquet(tmp_path / "streams/word_count/sink")
+    assert sink.batch_id.nunique() == len(files)
+    expected = {"alpha": 60, "beta": 30} | {f"w{i}": 1 for i in range(30)}
+    assert sink.groupby("word")["count"].sum().to_dict() == expected
+    record = registry.load("word_count", str(tmp_path))
+    assert record is not None
+    assert len(record.restarts) == 1
+
+
 def test_stream_control_stops_a_stream_at_a_batch_boundary(
     airflow_home: Path, tmp_path: Path
 ) -> None:
