@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -11,6 +12,8 @@ from spark_jobs import jars
 from spark_jobs.cli import kafka_client_options
 
 RATE_VOCABULARY = 1000
+# Set by spark-submit for the Python driver it starts: the JVM is running already.
+SPARK_SUBMIT_GATEWAY_ENV = "PYSPARK_GATEWAY_PORT"
 
 
 def read_lines(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
@@ -76,8 +79,12 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
 
 
 def jars_for(args: argparse.Namespace) -> list[str]:
-    """Local paths of the jars the source in `args` needs beyond pyspark's own (none but kafka's).
+    """Local paths of the jars the source in `args` needs beyond pyspark's own (none but kafka's),
+    for the JVM that `python -m spark_jobs.<job>` launches. A driver started by spark-submit
+    (the stream DAGs', with the jars in its `--jars`) finds its JVM running: none.
 
     Raises `jars.JarUnavailable` naming the artifact when one cannot be had.
     """
+    if os.environ.get(SPARK_SUBMIT_GATEWAY_ENV):
+        return []
     return jars.for_source(args.source)
