@@ -14,8 +14,6 @@ import sys
 from typing import NoReturn
 
 SOURCES = ("file", "socket", "rate", "kafka")
-# The sources the stream DAGs' Params offer: they do not take the Kafka source's fields yet.
-DAG_SOURCES = ("file", "socket", "rate")
 KAFKA_STARTING_OFFSETS = ("earliest", "latest")
 # Kafka's own rule for topic names.
 KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")

@@ -12,6 +12,7 @@ timing bound of their neighbours with them. Nothing in a test listens on a fixed
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import logging
 import os
 import shutil
@@ -172,3 +173,28 @@ def run_available_now(spark: SparkSession, job: ModuleType, argv: list[str]) -> 
 def job_command(job: str, *argv: str) -> list[str]:
     """The command line that runs a job as its own process, as a user would."""
     return [sys.executable, "-m", f"spark_jobs.{job}", *argv]
+
+
+def load_kafka_script() -> ModuleType:
+    """`scripts/kafka.py` (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("kafka_script", ROOT / "scripts" / "kafka.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A single-node Apache Kafka broker on a free port, shared by the tests of a worker that
+    use it (they are in the `kafka_broker` xdist group); stopped by its pid at the end."""
+    kafka = load_kafka_script()
+    folder = tmp_path_factory.mktemp("kafka-broker")
+    bootstrap = kafka.start(folder, free_port())
+    try:
+        yield bootstrap
+    finally:
+        assert kafka.stop(folder), "the broker was not running at the end"
+        assert not kafka.is_running(kafka.BrokerFolder(folder))

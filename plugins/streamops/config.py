@@ -8,14 +8,18 @@ operator, for runs created some other way.
 
 from __future__ import annotations
 
+import argparse
 import os
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from spark_jobs.cli import DAG_SOURCES as SOURCES
+from spark_jobs import cli as job_cli
+from spark_jobs.cli import SOURCES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOBS = ("word_count", "running_total")
@@ -24,6 +28,11 @@ JOBS = ("word_count", "running_total")
 RELATIVE_PATH_PATTERN = r"^(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,254}$"
 STREAM_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,252}[A-Za-z0-9])?$"
+_HOST_PORT = r"[A-Za-z0-9]([A-Za-z0-9.\-]{0,252}[A-Za-z0-9])?:[0-9]{1,5}"
+BOOTSTRAP_SERVERS_PATTERN = rf"^{_HOST_PORT}( *, *{_HOST_PORT})*$"
+# One or more Kafka topic names, comma-separated (Kafka's own rule for a name).
+KAFKA_TOPICS_PATTERN = r"^[A-Za-z0-9._-]{1,249}( *, *[A-Za-z0-9._-]{1,249})*$"
+CONNECTION_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,250}$"
 INTERVAL_PATTERN = r"^[0-9]+ ?(milliseconds?|ms|seconds?|secs?|s|minutes?|mins?|m|hours?|h)$"
 
 
@@ -82,6 +91,14 @@ class StreamSpec:
     window: str | None = None
     slide: str | None = None
     console: bool = False
+    # The Kafka source (`streamops.kafka`: the brokers and client settings are resolved from
+    # the connection when the stream starts).
+    kafka_topics: tuple[str, ...] = ()
+    kafka_topic_pattern: str | None = None
+    kafka_starting_offsets: str = "earliest"
+    max_offsets_per_trigger: int | None = None
+    kafka_bootstrap_servers: str | None = None
+    kafka_connection: str = "kafka_default"
 
     @classmethod
     def from_params(
@@ -121,6 +138,7 @@ class StreamSpec:
             value = params.get(name)
             if value and not re.match(INTERVAL_PATTERN, str(value)):
                 raise StreamConfigError(f"{name} {value!r}: expected an interval like '10 seconds'")
+        kafka = _kafka_fields(params) if source == "kafka" else {}
         return cls(
             stream=stream,
             job=job,
@@ -137,15 +155,29 @@ class StreamSpec:
             window=(str(params["window"]) if params.get("window") else None),
             slide=(str(params["slide"]) if params.get("slide") else None),
             console=bool(params.get("console", False)),
+            **kafka,
         )
 
+    def _kafka_args(self) -> list[str]:
+        if self.kafka_topic_pattern:
+            args = ["--kafka-topic-pattern", self.kafka_topic_pattern]
+        else:
+            args = ["--kafka-topic", *self.kafka_topics]
+        args += ["--kafka-starting-offsets", self.kafka_starting_offsets]
+        if self.max_offsets_per_trigger:
+            args += ["--max-offsets-per-trigger", str(self.max_offsets_per_trigger)]
+        return args
+
     def application_args(self) -> list[str]:
-        """The job's command-line arguments (the contract in `spark_jobs/cli.py`)."""
+        """The job's command-line arguments (the contract in `spark_jobs/cli.py`). A Kafka
+        stream's brokers and client settings are added by the operator (`streamops.kafka`)."""
         args = ["--source", self.source]
         if self.source == "file":
             args += ["--input", self.input]
         elif self.source == "socket":
             args += ["--host", self.socket_host, "--port", str(self.socket_port)]
+        elif self.source == "kafka":
+            args += self._kafka_args()
         args += ["--sink", self.sink, "--checkpoint", self.checkpoint]
         if self.available_now:
             args.append("--available-now")
@@ -162,3 +194,54 @@ class StreamSpec:
             if self.slide:
                 args += ["--slide", self.slide]
         return args
+
+
+def _kafka_fields(params: dict[str, object]) -> dict[str, Any]:
+    """The Kafka source's settings from a run's Params, checked by the job's own argument
+    types (`spark_jobs.cli`), so a bad value fails before a driver starts, with the same words."""
+
+    def checked(name: str, value: str, check: Callable[[str], str]) -> str:
+        try:
+            return check(value)
+        except argparse.ArgumentTypeError as err:
+            raise StreamConfigError(f"{name}: {err}") from err
+
+    topics = [t.strip() for t in str(params.get("kafka_topic") or "").split(",") if t.strip()]
+    pattern = params.get("kafka_topic_pattern") or None
+    if bool(topics) == bool(pattern):
+        raise StreamConfigError(
+            "source 'kafka' reads kafka_topic (one or more names, comma-separated) or "
+            "kafka_topic_pattern (a regular expression): give exactly one of them"
+        )
+    servers = params.get("kafka_bootstrap_servers") or None
+    if servers and not re.match(BOOTSTRAP_SERVERS_PATTERN, str(servers)):
+        raise StreamConfigError(
+            f"kafka_bootstrap_servers {servers!r}: expected HOST:PORT[,HOST:PORT...]"
+        )
+    max_offsets = params.get("max_offsets_per_trigger")
+    if max_offsets is not None and (not isinstance(max_offsets, int) or max_offsets < 1):
+        raise StreamConfigError(
+            f"max_offsets_per_trigger {max_offsets!r}: must be a whole number of at least 1"
+        )
+    connection = str(params.get("kafka_connection") or "kafka_default")
+    if not re.match(CONNECTION_ID_PATTERN, connection):
+        raise StreamConfigError(
+            f"kafka_connection {connection!r}: expected an Airflow connection id "
+            "(letters, digits, _ . -)"
+        )
+    return {
+        "kafka_topics": tuple(checked("kafka_topic", t, job_cli.kafka_topic) for t in topics),
+        "kafka_topic_pattern": (
+            checked("kafka_topic_pattern", str(pattern), job_cli.kafka_topic_pattern)
+            if pattern
+            else None
+        ),
+        "kafka_starting_offsets": checked(
+            "kafka_starting_offsets",
+            str(params.get("kafka_starting_offsets") or "earliest"),
+            job_cli.kafka_starting_offsets,
+        ),
+        "max_offsets_per_trigger": max_offsets,
+        "kafka_bootstrap_servers": str(servers).replace(" ", "") if servers else None,
+        "kafka_connection": connection,
+    }

@@ -44,6 +44,7 @@ from spark_jobs import jars
 from spark_jobs.java_runtime import java_home
 from spark_jobs.packaging import build_py_files
 from spark_jobs.session import driver_environment, unreachable_driver_warning
+from streamops import kafka
 from streamops.config import REPO_ROOT, StreamConfigError, StreamSpec
 from streamops.supervision import RestartBudget
 
@@ -313,6 +314,20 @@ class StreamSubmitOperator(SparkSubmitOperator):
 
     def _prepare_submit(self, context: Context, spec: StreamSpec) -> None:
         self.application_args = self._application_args(context, spec)
+        # Credentials for the driver: put in spark-submit's own environment when it starts, never
+        # in the hook's env_vars (which YARN and Kubernetes turn into --conf arguments).
+        self._driver_secrets: dict[str, str] = {}
+        if spec.source == "kafka":
+            # The brokers and security settings, from the Params or the Kafka connection.
+            try:
+                client = kafka.client_settings(
+                    spec.kafka_connection, spec.kafka_bootstrap_servers, kafka.connection_extra
+                )
+            except kafka.KafkaConnectionError as err:
+                raise AirflowFailException(f"stream {spec.stream}: {err}") from err
+            kafka.mask_secrets(client)
+            self.application_args += client.application_args()
+            self._driver_secrets = dict(client.secrets)
         self.py_files = str(build_py_files(Path(tempfile.mkdtemp(prefix="streamops-"))))
         # The jars the source needs beyond pyspark's (the Kafka source's), as spark-submit's
         # --jars: local paths from the pinned cache, which spark-submit ships to the cluster.
@@ -337,7 +352,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
         self._prepare_submit(context, spec)
         hook = self._get_hook()
         command = hook._build_spark_submit_command(self.application)
-        env = {**os.environ, **(hook._env or {})}
+        env = {**os.environ, **(hook._env or {}), **self._driver_secrets}
         # A client-mode driver runs here: its ports on loopback unless the deployment set
         # SPARK_LOCAL_IP (spark_jobs/session.py).
         if warning := unreachable_driver_warning(str(hook._connection["master"]), env):
@@ -461,6 +476,14 @@ class StreamSubmitOperator(SparkSubmitOperator):
         from streamops import registry
 
         self._prepare_submit(context, spec)
+        if self._driver_secrets:
+            raise AirflowFailException(
+                f"stream {spec.stream}: its Kafka connection {spec.kafka_connection!r} holds "
+                "credentials, which reach a driver only through the environment of a client-mode "
+                "spark-submit; run this stream in client deploy mode (the Spark connection's "
+                "deploy-mode), or give the driver the Java client's settings through the "
+                "cluster's own secret mechanism"
+            )
         try:
             super().execute(context)
         except AirflowException as err:

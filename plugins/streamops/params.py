@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from spark_jobs.cli import DAG_SOURCES as SOURCES
+from spark_jobs.cli import KAFKA_STARTING_OFFSETS, SOURCES
 from streamops.config import (
+    BOOTSTRAP_SERVERS_PATTERN,
+    CONNECTION_ID_PATTERN,
     HOST_PATTERN,
     INTERVAL_PATTERN,
+    KAFKA_TOPICS_PATTERN,
     RELATIVE_PATH_PATTERN,
     STREAM_NAME_PATTERN,
 )
+from streamops.kafka import DEFAULT_CONNECTION
 
 PATH_HELP = "relative to the data root ($STREAMOPS_DATA_ROOT); empty: streams/<stream>/{}"
 
@@ -36,6 +40,61 @@ def stream_param(description: str, default: str | None = None, title: str = "Str
     )
 
 
+def kafka_params() -> dict[str, Param]:
+    """The Kafka source's fields. None names a secret: the brokers' security settings come
+    from the Airflow connection (`streamops.kafka`)."""
+    return {
+        "kafka_topic": Param(
+            None,
+            type=["null", "string"],
+            pattern=KAFKA_TOPICS_PATTERN,
+            title="Kafka topics",
+            description="source 'kafka': the topics to read, comma-separated (or a pattern below)",
+        ),
+        "kafka_topic_pattern": Param(
+            None,
+            type=["null", "string"],
+            minLength=1,
+            title="Kafka topic pattern",
+            description="source 'kafka': read every topic whose name matches this Java regular "
+            "expression, e.g. 'lines-.*' (instead of Kafka topics)",
+        ),
+        "kafka_starting_offsets": Param(
+            "earliest",
+            type="string",
+            # The enum's two words, or the connector's JSON of offsets per partition.
+            pattern=rf"^({'|'.join(KAFKA_STARTING_OFFSETS)}|\{{.*\}})$",
+            examples=list(KAFKA_STARTING_OFFSETS),
+            title="Kafka starting offsets",
+            description="where a new checkpoint starts: earliest, latest, or JSON such as "
+            '{"lines": {"0": 23, "1": -2}} (-2: earliest, -1: latest); a checkpoint that '
+            "exists resumes from its own offsets",
+        ),
+        "max_offsets_per_trigger": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Max offsets per trigger",
+            description="source 'kafka': at most this many records per micro-batch",
+        ),
+        "kafka_bootstrap_servers": Param(
+            None,
+            type=["null", "string"],
+            pattern=BOOTSTRAP_SERVERS_PATTERN,
+            title="Kafka bootstrap servers",
+            description="HOST:PORT[,HOST:PORT...]; empty: the Kafka connection's bootstrap.servers",
+        ),
+        "kafka_connection": Param(
+            DEFAULT_CONNECTION,
+            type="string",
+            pattern=CONNECTION_ID_PATTERN,
+            title="Kafka connection",
+            description="the Airflow connection (type 'kafka') with the brokers and security "
+            "settings (its Config Dict); needed unless Kafka bootstrap servers is given",
+        ),
+    }
+
+
 def stream_params(job: str) -> dict[str, Param]:
     """The Params of a stream DAG running `job`."""
     params = {
@@ -54,6 +113,7 @@ def stream_params(job: str) -> dict[str, Param]:
             description="source 'socket' only: the host to read lines from (`nc -lk 9999`)",
         ),
         "socket_port": Param(9999, type="integer", minimum=1, maximum=65535, title="Socket port"),
+        **kafka_params(),
         "sink": _path("sink"),
         "checkpoint": _path("checkpoint"),
         "trigger_interval": Param(

@@ -32,6 +32,11 @@ task's log. Paths are relative to the data root.
 - A failed driver restarts from its checkpoint with backoff: at most 5 restarts in 30 minutes,
   then the task fails and alerts. So does a hung one: alive but without progress for
   `$STREAMOPS_STALL_RESTART_SECONDS` (default 3 stall limits; 0: never), it is killed first.
+- *Source* `kafka` reads the *Kafka topics* (or the *Kafka topic pattern*) with Spark's own
+  Kafka source, exactly once. The brokers and the security settings (a login, TLS) come from
+  the Airflow connection named in *Kafka connection* (`kafka_default`, type `kafka`, its Config
+  Dict as for the Kafka provider), unless *Kafka bootstrap servers* names the brokers; no field
+  of this form takes a secret. *Kafka starting offsets* counts for a new checkpoint only.
 - **Stop** the stream with the `stream_control` DAG (action *stop*): it ends at a batch boundary
   and this run succeeds. Marking the task failed or success, or clearing it, stops the driver
   (SIGKILL after 15 s).

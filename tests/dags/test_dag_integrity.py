@@ -73,7 +73,11 @@ def test_stream_dags_have_typed_params(report: dict[str, Any], dag_id: str) -> N
     params = report["dags"][dag_id]["params"]
     assert {"stream", "source", "input", "sink", "checkpoint", "trigger_interval"} <= set(params)
     assert {"max_files_per_trigger", "shuffle_partitions"} <= set(params)
-    assert params["source"]["enum"] == ["file", "socket", "rate"]
+    assert params["source"]["enum"] == ["file", "socket", "rate", "kafka"]
     assert params["shuffle_partitions"]["minimum"] == 1
+    assert {"kafka_topic", "kafka_topic_pattern", "kafka_starting_offsets"} <= set(params)
+    assert {"max_offsets_per_trigger", "kafka_bootstrap_servers", "kafka_connection"} <= set(params)
+    # No Param takes a client setting: a secret is never typed into the trigger form
+    assert not [name for name in params if "option" in name or "password" in name]
     if dag_id == "word_count_stream":
         assert {"window", "slide"} <= set(params)

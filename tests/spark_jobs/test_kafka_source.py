@@ -1,32 +1,28 @@
 """The kafka source against a real Apache Kafka broker: both jobs count exactly what was produced.
 
-A broker from the pinned jars (`scripts/kafka.py`) runs on a free port for the module; each test
-makes its own 3-partition topics, produces to them with confluent-kafka, runs the jobs as their
-own processes (`python -m`, the connector's jars through `spark.jars`), and compares each sink
-with an oracle computed in Python from the produced values.
+A broker from the pinned jars (`scripts/kafka.py`, the `broker` fixture) runs on a free port;
+each test makes its own 3-partition topics, produces to them with confluent-kafka, runs the jobs
+as their own processes (`python -m`, the connector's jars through `spark.jars`), and compares
+each sink with an oracle computed in Python from the produced values.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, free_port, job_command, read_sink
+from tests.conftest import ROOT, job_command, read_sink
 from tests.spark_jobs.test_exactly_once import last_batch, uncommitted_output
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.xdist_group("kafka_broker")]
@@ -51,30 +47,6 @@ NOT_UTF8 = [
     b"over\xc0\xaflong",
     b"nul\x00byte",
 ]
-
-
-def load_kafka_script() -> ModuleType:
-    """`scripts/kafka.py` (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("kafka_script", ROOT / "scripts" / "kafka.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A single-node Kafka broker on a free port; stopped by its pid at the end."""
-    kafka = load_kafka_script()
-    folder = tmp_path_factory.mktemp("kafka-broker")
-    bootstrap = kafka.start(folder, free_port())
-    try:
-        yield bootstrap
-    finally:
-        assert kafka.stop(folder), "the broker was not running at the end"
-        assert not kafka.is_running(kafka.BrokerFolder(folder))
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:

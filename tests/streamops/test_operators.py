@@ -27,7 +27,10 @@ def submit_command(spec: StreamSpec, monkeypatch: pytest.MonkeyPatch) -> list[st
 def test_a_kafka_stream_is_submitted_with_the_pinned_connector_jars(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    spec = StreamSpec(stream="wc", job="word_count", source="kafka", sink="s", checkpoint="c")
+    spec = StreamSpec(
+        stream="wc", job="word_count", source="kafka", sink="s", checkpoint="c",
+        kafka_topics=("lines",), kafka_bootstrap_servers="b:9092",
+    )  # fmt: skip
     command = submit_command(spec, monkeypatch)
     paths = command[command.index("--jars") + 1].split(",")
     assert paths == jars.spark_kafka_jars()
