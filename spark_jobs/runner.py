@@ -28,6 +28,7 @@ from spark_jobs.session import build_session, checkpoint_conf, ui_url
 from spark_jobs.sinks import ParquetBatchSink, batch_time_of, format_batch, with_batch_columns
 from spark_jobs.sources import jars_for, read_lines
 from spark_jobs.status import StreamStatus
+from spark_jobs.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,18 @@ class StartedJob:
     generation: Generation
 
 
+def file_in_place_of_a_folder(args: argparse.Namespace) -> str | None:
+    """What is wrong when `--checkpoint` or `--sink` names a file: each is a folder (created
+    when missing). (`--input` is checked with the other arguments.)"""
+    for flag, path in (("--checkpoint", args.checkpoint), ("--sink", args.sink)):
+        if path and (where := Location.of(path)).exists() and not where.is_dir():
+            return (
+                f"{flag} {path} is a file, not a folder: give the path of a folder (created if "
+                "missing), or move the file away"
+            )
+    return None
+
+
 def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> StartedJob:
     """Check the checkpoint and sink, then start the job's query in `spark`.
 
@@ -286,6 +299,9 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    if not_a_folder := file_in_place_of_a_folder(args):
+        sys.stderr.write(f"{spec.name}: error: {not_a_folder}\n")
+        return EXIT_REFUSED
     layout = CheckpointLayout.of(args.checkpoint)
     stop = StopRequest(layout, spec.name)
     stop.install()

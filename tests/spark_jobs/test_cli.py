@@ -216,3 +216,26 @@ def test_an_unset_environment_variable_exits_2_naming_it(
         )
     assert exit_info.value.code == 2
     assert "STREAMOPS_TEST_UNSET is not set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--sink", "--checkpoint"])
+def test_a_file_where_a_folder_belongs_exits_2_naming_it(tmp_path: Path, flag: str) -> None:
+    # Given a file at the path one of the folders is given
+    from spark_jobs import runner
+
+    paths = {flag: tmp_path / name for flag, name in [("--sink", "s"), ("--checkpoint", "c")]}
+    paths["--input"] = tmp_path / "in"
+    paths["--input"].mkdir()
+    paths[flag] = tmp_path / "a-file"
+    paths[flag].write_text("not a folder\n")
+    argv = [part for key, path in paths.items() for part in (key, str(path))]
+    # When the job starts (before any JVM or lease)
+    args = word_count.parse_args(argv)
+    message = runner.file_in_place_of_a_folder(args)
+    # Then it is refused, naming the flag and the path
+    assert message == (
+        f"{flag} {paths[flag]} is a file, not a folder: give the path of a folder (created if "
+        "missing), or move the file away"
+    )
+    assert runner.run(word_count.spec_for(args), args) == runner.EXIT_REFUSED
+    assert not (tmp_path / "c" / "_streamops").exists()
