@@ -90,9 +90,14 @@ class StatusListener(StreamingQueryListener):
 
     def onQueryProgress(self, event: QueryProgressEvent) -> None:
         """A batch finished: record its figures."""
-        progress = json.loads(event.progress.json)
-        job_ms = self.job_timings.pop(int(progress["batchId"]), None)
-        self.status.record_batch(batch_from_progress(progress, self.first_sink_batch_id, job_ms))
+        try:
+            progress = json.loads(event.progress.json)
+            job_ms = self.job_timings.pop(int(progress["batchId"]), None)
+            batch = batch_from_progress(progress, self.first_sink_batch_id, job_ms)
+        except Exception:  # a progress this code cannot read: the stream goes on regardless
+            log.exception("could not read a progress event of %s", self.status.checkpoint)
+        else:
+            self.status.record_batch(batch)
         self._save()
 
     def onQueryIdle(self, event: QueryIdleEvent) -> None:

@@ -57,6 +57,10 @@ class BatchProgress:
     # `addBatch` (JOB_PARTS), in milliseconds. Empty in statuses written before they were kept.
     phases_ms: dict[str, int] = field(default_factory=dict)
     job_ms: dict[str, int] = field(default_factory=dict)
+    # Kafka sources: per topic, the records between the batch's end offsets and the latest
+    # offsets the source saw when it planned the batch (the backlog in records). Empty for the
+    # other sources.
+    records_behind: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,7 +133,35 @@ def batch_from_progress(
         state_rows=sum(state_rows) if state_rows else None,
         phases_ms={p: int(durations[p]) for p in SPARK_PHASES if p in durations},
         job_ms=dict(job_ms or {}),
+        records_behind=records_behind(progress.get("sources") or []),
     )
+
+
+def _offsets(value: Any) -> dict[str, dict[str, int]]:
+    """A Kafka source's offsets, `{topic: {partition: offset}}`: an object in the progress JSON
+    of the JVM, a string of it in PySpark's progress objects."""
+    parsed = json.loads(value) if isinstance(value, str) else value
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def records_behind(sources: list[dict[str, Any]]) -> dict[str, int]:
+    """Per topic, how many records of the Kafka sources among a progress's `sources` are past
+    the batch's end offsets: the sum over the topic's partitions of latest minus end offset."""
+    behind: dict[str, int] = {}
+    for source in sources:
+        if not str(source.get("description", "")).startswith("Kafka"):
+            continue
+        try:
+            end, latest = (_offsets(source.get(key)) for key in ("endOffset", "latestOffset"))
+        except ValueError:
+            continue
+        for topic, partitions in latest.items():
+            done = end.get(topic, {})
+            behind[topic] = behind.get(topic, 0) + sum(
+                max(0, int(offset) - int(done.get(partition, 0)))
+                for partition, offset in partitions.items()
+            )
+    return behind
 
 
 def batch_time_breakdown(batches: list[BatchProgress]) -> list[dict[str, Any]]:

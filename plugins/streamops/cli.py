@@ -354,7 +354,7 @@ def status_table(view: dict[str, Any]) -> str:
                 _age(s["last_batch_age_seconds"]),
                 _rate(s["input_rows_per_second"]),
                 _rate(s["processed_rows_per_second"]),
-                "-" if s["backlog_files"] is None else f"{s['backlog_files']} files",
+                _backlog(s),
                 str(s["restarts_total"]),
                 f"gen {cp['generation'] or 0}, {_size(cp['size_bytes'])}",
                 "-" if not quality else ("passed" if quality["success"] else "FAILED"),
@@ -683,3 +683,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _backlog(stream: dict[str, Any]) -> str:
+    """`N files`, or for a Kafka stream `N records` behind the latest offsets."""
+    if stream.get("records_behind") is not None:
+        return f"{sum(stream['records_behind'].values())} records"
+    return "-" if stream["backlog_files"] is None else f"{stream['backlog_files']} files"

@@ -15,7 +15,8 @@ Signals, in order of severity (each breach is one line: stream, signal, value, w
   have been waiting that long.
 - `falling_behind`: in each of the last K batches that had input, rows were processed more slowly
   than they arrived (`processed_rows_per_second < 0.9 * input_rows_per_second`).
-- `backlog`: more files, or more bytes, wait unread in the input folder than the limits.
+- `backlog`: more files, or more bytes, wait unread in the input folder than the limits; for a
+  Kafka stream, more records than the limit are past its last batch (`backlog_records`).
 - `slow_batches`: each of the last K batches took longer than the trigger interval, so batches run
   back to back and latency grows.
 - `last_exception`: the stream is running, but failed (and was restarted) within the exception
@@ -87,6 +88,9 @@ class HealthThresholds:
     backlog_files: int = 100
     #: `backlog` when more bytes than this wait unread in the input folder.
     backlog_bytes: int = GIB
+    #: `backlog` when a Kafka stream's last batch left more records than this unread, all its
+    #: topics together.
+    backlog_records: int = 1_000_000
     #: `slow_batches` needs this many batches in a row longer than the trigger interval.
     slow_batches: int = 3
     #: `last_exception` reports a failure the control plane restarted from for this long (the
@@ -132,11 +136,13 @@ class HealthThresholds:
 
 @dataclass(frozen=True)
 class Backlog:
-    """Input files the stream's query has not picked up yet."""
+    """Input the stream's query has not picked up yet: files in its input folder, or for a
+    Kafka stream the records past its last batch, per topic (None: not a Kafka stream)."""
 
     files: int
     size_bytes: int
     oldest_mtime: datetime | None = None
+    records_behind: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -389,6 +395,8 @@ class _Checker:
     def backlog_breach(self) -> list[Breach]:
         backlog = self.backlog
         t = self.thresholds
+        if backlog is not None and backlog.records_behind is not None:
+            return self.records_breach(backlog.records_behind)
         if backlog is None or (
             backlog.files <= t.backlog_files and backlog.size_bytes <= t.backlog_bytes
         ):
@@ -402,6 +410,23 @@ class _Checker:
                 f"{t.backlog_bytes / 2**20:.0f} MiB)",
                 "check the stream keeps up (falling_behind, slow_batches) and give it more "
                 "resources; after an outage or a bulk load, let it drain",
+            )
+        ]
+
+    def records_breach(self, behind: dict[str, int]) -> list[Breach]:
+        limit = self.thresholds.backlog_records
+        total = sum(behind.values())
+        if total <= limit:
+            return []
+        topics = ", ".join(f"{topic} {count}" for topic, count in sorted(behind.items()))
+        return [
+            self.breach(
+                "backlog",
+                total,
+                f"{total} records behind the latest offsets after the last batch ({topics}; "
+                f"limit {limit})",
+                "check the stream keeps up (falling_behind, slow_batches) and give it more "
+                "resources or a higher max_offsets_per_trigger; after an outage, let it drain",
             )
         ]
 
@@ -528,8 +553,9 @@ def files_in_source_log(layout: CheckpointLayout) -> set[str]:
     return keys
 
 
-def backlog_of(record: StreamRecord) -> Backlog:
-    """The files in a file stream's input folder that its query has not taken yet.
+def backlog_of(record: StreamRecord, status: StreamStatus | None = None) -> Backlog:
+    """The files in a file stream's input folder that its query has not taken yet; for a Kafka
+    stream, the records its last batch left behind the latest offsets, from `status`.
 
     Works on any filesystem `pyarrow.fs` reaches (local, HDFS, S3, GCS): it lists the input folder
     and reads the checkpoint's file-source log. Streams without an input folder (socket, rate)
@@ -537,6 +563,9 @@ def backlog_of(record: StreamRecord) -> Backlog:
     the deltas after it).
     """
     if not record.input:
+        last = status.last_batch if status else None
+        if last is not None and last.records_behind:
+            return Backlog(files=0, size_bytes=0, records_behind=dict(last.records_behind))
         return Backlog(files=0, size_bytes=0)
     taken = files_in_source_log(CheckpointLayout.of(record.checkpoint))
     waiting = [

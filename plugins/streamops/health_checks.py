@@ -67,7 +67,7 @@ def check_stream(stream: str) -> dict[str, Any]:
     else:
         breaches = []
         try:
-            backlog = backlog_of(record)
+            backlog = backlog_of(record, status)
         except OSError as err:
             breaches.append(
                 Breach(

@@ -18,6 +18,7 @@ Names follow Prometheus conventions: `streamops_` prefix, base units in the name
 | `streamops_stream_batch_duration_seconds` | gauge | duration of the last batch |
 | `streamops_stream_state_rows` | gauge | rows in the query's state store (stateful jobs) |
 | `streamops_stream_backlog_files`, `_backlog_bytes` | gauge | input not yet read |
+| `streamops_source_records_behind` | gauge | Kafka: records past the last batch (label `topic`) |
 | `streamops_stream_restarts_total` | counter | restarts by the supervisor |
 | `streamops_incident_open` | gauge | 1 per open incident (labels `stream`, `signal`) |
 | `streamops_incident_opened_timestamp_seconds` | gauge | when each open incident opened |
@@ -107,6 +108,11 @@ class OverviewCollector(Collector):
             "When each open incident opened (Unix time).",
             labels=["stream", "signal"],
         )
+        records_behind = GaugeMetricFamily(
+            "streamops_source_records_behind",
+            "Kafka streams: records of each topic past the last micro-batch's end offsets.",
+            labels=["stream", "topic"],
+        )
         restarts = CounterMetricFamily(
             "streamops_stream_restarts",
             "Restarts of the stream's job by its supervisor.",
@@ -119,6 +125,8 @@ class OverviewCollector(Collector):
             for signal in SIGNALS:
                 breach.add_metric([stream.stream, signal], float(signal in breached))
             restarts.add_metric([stream.stream], float(stream.restarts_total))
+            for topic, count in sorted((stream.records_behind or {}).items()):
+                records_behind.add_metric([stream.stream, topic], float(count))
             for incident in stream.incidents:
                 labels = [stream.stream, incident["signal"]]
                 incident_open.add_metric(labels, 1.0)
@@ -128,6 +136,7 @@ class OverviewCollector(Collector):
         yield incident_open
         yield incident_opened
         yield restarts
+        yield records_behind
         yield _gauge(
             "streamops_stream_desired_running",
             "1 when the control plane wants the stream running.",

@@ -207,6 +207,8 @@ class StreamOverview:
     state_rows: int | None
     backlog_files: int | None
     backlog_bytes: int | None
+    # A Kafka stream: per topic, the records its last batch left behind the latest offsets.
+    records_behind: dict[str, int] | None
     restarts_total: int
     last_error: str | None
     exception: str | None
@@ -406,10 +408,15 @@ def _status(record: registry.StreamRecord, problems: list[str]) -> StreamStatus 
         return None
 
 
-def _backlog(record: registry.StreamRecord, problems: list[str], use_cache: bool) -> Backlog | None:
+def _backlog(
+    record: registry.StreamRecord,
+    status: StreamStatus | None,
+    problems: list[str],
+    use_cache: bool,
+) -> Backlog | None:
     try:
-        if not use_cache:
-            return backlog_of(record)
+        if not use_cache or not record.input:  # without an input folder: nothing to list
+            return backlog_of(record, status)
         return _cached("backlog", record.checkpoint, lambda: backlog_of(record), ttl=5.0)
     except OSError as err:
         problems.append(f"stream {record.stream}: backlog unknown ({err})")
@@ -538,7 +545,7 @@ def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down
 ) -> StreamOverview:
     """One stream's overview at time `now`."""
     status = _status(record, problems)
-    backlog = _backlog(record, problems, use_cache)
+    backlog = _backlog(record, status, problems, use_cache)
     breaches = evaluate(record, status, now, thresholds, backlog)
     holder = read_lease(CheckpointLayout.of(record.checkpoint).lease_file)
     live = holder is not None and not holder.is_gone(now=now.timestamp())
@@ -572,6 +579,7 @@ def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down
         state_rows=last.state_rows if last else None,
         backlog_files=backlog.files if backlog else None,
         backlog_bytes=backlog.size_bytes if backlog else None,
+        records_behind=backlog.records_behind if backlog else None,
         restarts_total=len(record.restarts),
         last_error=record.last_error,
         exception=status.exception if status else None,

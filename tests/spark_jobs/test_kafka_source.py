@@ -203,6 +203,15 @@ def test_both_jobs_count_a_topic_exactly(broker: str, tmp_path: Path) -> None:
     assert "caf" in expected
     assert "alpha" in expected
     assert not [w for w in expected if not w or any(is_separator(ch) for ch in w)]
+    # and each batch's status says how many records it left behind: from 250 down to none
+    from spark_jobs.status import read_status
+
+    status = read_status(str(tmp_path / "word_count-ck"))
+    assert status is not None
+    behind = [b.records_behind for b in status.recent_batches if b.input_rows]
+    assert behind[0] == {"mixed": 400 - status.recent_batches[0].input_rows}
+    assert behind[-1] == {"mixed": 0}
+    assert [b["mixed"] for b in behind] == sorted((b["mixed"] for b in behind), reverse=True)
 
 
 def test_a_stream_started_again_reads_on_from_where_it_stopped(broker: str, tmp_path: Path) -> None:

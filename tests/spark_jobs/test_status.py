@@ -41,6 +41,36 @@ def test_progress_maps_to_sink_batch_ids() -> None:
     assert batch.state_rows == 42
 
 
+def test_a_kafka_source_reports_the_records_behind_per_topic() -> None:
+    # Given a progress of a query on two topics, as Spark's Kafka source reports it
+    sources = [
+        {
+            "description": "KafkaV2[Subscribe[lines, clicks]]",
+            "startOffset": '{"lines": {"0": 40, "1": 40}, "clicks": {"0": 0}}',
+            "endOffset": '{"lines": {"0": 90, "1": 100}, "clicks": {"0": 7}}',
+            "latestOffset": '{"lines": {"0": 300, "1": 100, "2": 5}, "clicks": {"0": 7}}',
+            "numInputRows": 117,
+            "metrics": {"maxOffsetsBehindLatest": "210"},
+        }
+    ]
+    # Then each topic's records past the end offsets are summed over its partitions (a partition
+    # the batch did not read yet counts from 0)
+    batch = batch_from_progress({**PROGRESS, "sources": sources}, 0)
+    assert batch.records_behind == {"lines": 215, "clicks": 0}
+    # And so are the offsets of the JVM's progress JSON, where they are objects, not strings
+    objects = [
+        {**sources[0], **{k: json.loads(sources[0][k]) for k in ("endOffset", "latestOffset")}}
+    ]
+    assert batch_from_progress({**PROGRESS, "sources": objects}, 0).records_behind == {
+        "lines": 215,
+        "clicks": 0,
+    }
+    # And other sources report none
+    files = [{"description": "FileStreamSource[file:/in]", "endOffset": '{"logOffset": 3}'}]
+    assert batch_from_progress({**PROGRESS, "sources": files}, 0).records_behind == {}
+    assert batch_from_progress(PROGRESS, 0).records_behind == {}
+
+
 def test_progress_says_where_the_batch_time_went() -> None:
     batch = batch_from_progress(PROGRESS, 0, job_ms={"result": 900, "write": 250})
     assert batch.phases_ms == {

@@ -299,6 +299,30 @@ def test_backlog_by_size() -> None:
     assert signals(check(backlog=replace(one_gib, size_bytes=2**30 + 1))) == ["backlog"]
 
 
+def test_backlog_of_a_kafka_stream_in_records() -> None:
+    kafka = make_record(input="")
+    at_limit = Backlog(files=0, size_bytes=0, records_behind={"lines": 600_000, "clicks": 400_000})
+    assert check(record=kafka, backlog=at_limit) == []
+    breaches = check(record=kafka, backlog=replace(at_limit, records_behind={"lines": 1_000_001}))
+    assert signals(breaches) == ["backlog"]
+    assert breaches[0].value == 1_000_001
+    assert "1000001 records behind the latest offsets after the last batch (lines 1000001" in (
+        breaches[0].message
+    )
+    lower = HealthThresholds(backlog_records=10)
+    assert signals(check(record=kafka, backlog=at_limit, thresholds=lower)) == ["backlog"]
+
+
+def test_a_kafka_streams_backlog_comes_from_its_last_batch() -> None:
+    from streamops.health import backlog_of
+
+    kafka = make_record(input="")
+    last = replace(HEALTHY.recent_batches[-1], records_behind={"lines": 42})
+    assert backlog_of(kafka, make_status(last_batch=last)).records_behind == {"lines": 42}
+    assert backlog_of(kafka, HEALTHY).records_behind is None  # socket, rate: none
+    assert backlog_of(kafka, None) == Backlog(files=0, size_bytes=0)
+
+
 def test_a_dead_stream_reports_its_backlog_too_worst_first(dead_pid: int) -> None:
     breaches = check(status=make_status(pid=dead_pid), backlog=Backlog(500, 10, NOW))
     assert signals(breaches) == ["not_running", "backlog"]

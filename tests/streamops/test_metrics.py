@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,9 +23,9 @@ from streamops.incidents import AlertSettings, IncidentStore, update
 from streamops.overview import clear_cache
 from tests.monitoring import promtool
 from tests.streamops.test_health import NOW, make_status
-from tests.streamops.test_web import anonymous, data_root, dead_pid, root
+from tests.streamops.test_web import anonymous, data_root, dead_pid, root, signed_in
 
-__all__ = ["anonymous", "data_root", "dead_pid", "root"]  # fixtures, used by name
+__all__ = ["anonymous", "data_root", "dead_pid", "root", "signed_in"]  # fixtures, used by name
 
 
 def lint(exposition: str) -> str:
@@ -85,3 +86,41 @@ def test_the_metrics_endpoint_passes_promtool_in_every_state(
         for s in families["streamops_stream_breach"].samples
     }
     assert breaches[("word_count", "not_running")] == 1
+
+
+def test_a_kafka_streams_records_behind_are_a_gauge_per_topic(
+    anonymous: TestClient, signed_in: TestClient, root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a Kafka stream (no input folder) whose last batch left records behind on two topics
+    from dataclasses import replace
+
+    from streamops.cli import main
+    from tests.streamops.test_health import make_record
+
+    checkpoint = str(root / "streams/wc_kafka/checkpoint")
+    registry.save(
+        make_record(stream="wc_kafka", input="", checkpoint=checkpoint, sink=str(root / "s")),
+        str(root),
+    )
+    status = make_status(checkpoint=checkpoint)
+    assert status.last_batch is not None
+    status.last_batch = replace(status.last_batch, records_behind={"lines": 1200, "clicks": 3})
+    write_status(status)
+    clear_cache()
+    # When Prometheus scrapes the endpoint
+    response = anonymous.get("/metrics")
+    # Then each topic is a sample of streamops_source_records_behind, and promtool finds nothing
+    assert lint(response.text) == ""
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    behind = {
+        (s.labels["stream"], s.labels["topic"]): s.value
+        for s in families["streamops_source_records_behind"].samples
+    }
+    assert behind == {("wc_kafka", "lines"): 1200.0, ("wc_kafka", "clicks"): 3.0}
+    # And the page's API and the CLI show the backlog in records
+    view = signed_in.get("/api/streams").json()
+    (stream,) = [s for s in view["streams"] if s["stream"] == "wc_kafka"]
+    assert stream["records_behind"] == {"lines": 1200, "clicks": 3}
+    main(["status", "--local", "wc_kafka"])
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("wc_kafka")]
+    assert "1203 records" in line
