@@ -375,6 +375,8 @@ class Rotation:
     archived_inputs: int
     size_before: int
     size_after: int
+    # A Kafka source's committed offsets, where the new generation starts (None: not Kafka).
+    kafka_offsets: dict[str, dict[str, int]] | None = None
 
 
 def rotate(
@@ -388,6 +390,9 @@ def rotate(
     - Input position: the input files of committed batches move to `<input>/_processed/`,
       which Spark's file source does not list, so the new generation reads exactly the files
       the old one had not committed. Each stream therefore needs an input folder of its own.
+    - Kafka position: the offsets of the last committed batch go to
+      `_streamops/starting_offsets.json`; the new generation's source starts there
+      (`sources.read_kafka`), so it reads exactly the records the old one had not committed.
     - State (`carry_totals`, running_total): each word's total at the last committed batch
       goes to `_streamops/base_totals.parquet`; the job adds it to the new generation's counts.
     - Batch ids: the new generation's batch 0 is the sink batch after the last committed one.
@@ -399,6 +404,10 @@ def rotate(
     _, last_sink = last_committed(layout)
     previous = Generation.read(layout) or Generation(0)
     base = _final_totals(sink, last_sink) if carry_totals else None
+    kafka_offsets = [o for o in layout.committed_source_offsets() if is_kafka_offsets(o)]
+    if not kafka_offsets and layout.starting_offsets_file.exists():
+        # Nothing committed since the last rotation: the position it carried still holds.
+        kafka_offsets = [json.loads(layout.starting_offsets_file.read_text())]
 
     archived = 0
     if input_dir is not None:
@@ -419,12 +428,35 @@ def rotate(
         layout.root.child(STREAMOPS_DIR).mkdirs()
         with target.filesystem.open_output_stream(target.path) as stream:
             pq.write_table(base, stream)
+    if kafka_offsets:
+        layout.starting_offsets_file.write_text_atomic(json.dumps(kafka_offsets[0]) + "\n")
     generation = Generation(
         first_sink_batch_id=0 if last_sink is None else last_sink + 1,
         number=previous.number + 1,
     )
     generation.write(layout)
-    return Rotation(snapshot, generation, archived, size_before, tree_size(layout.root))
+    return Rotation(
+        snapshot,
+        generation,
+        archived,
+        size_before,
+        tree_size(layout.root),
+        kafka_offsets[0] if kafka_offsets else None,
+    )
+
+
+def is_kafka_offsets(offsets: Any) -> bool:
+    """Whether a source's line of Spark's offset log is a Kafka source's offsets:
+    `{topic: {partition: offset}}`."""
+    return (
+        isinstance(offsets, dict)
+        and bool(offsets)
+        and all(
+            isinstance(partitions, dict)
+            and all(p.isdigit() and isinstance(o, int) for p, o in partitions.items())
+            for partitions in offsets.values()
+        )
+    )
 
 
 def _final_totals(sink: Location, last_sink_batch_id: int | None) -> pa.Table:

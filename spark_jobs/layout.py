@@ -59,6 +59,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pyarrow import fs as pafs
 
@@ -246,6 +247,22 @@ class CheckpointLayout:
     def generation_file(self) -> Location:
         """Our record of how sink batch ids relate to this checkpoint's batch ids."""
         return self.root.child(STREAMOPS_DIR, "generation.json")
+
+    @property
+    def starting_offsets_file(self) -> Location:
+        """A Kafka stream's position carried over by a rotation: the offsets the previous
+        checkpoint generation committed, where this one starts (`checkpoints.rotate`)."""
+        return self.root.child(STREAMOPS_DIR, "starting_offsets.json")
+
+    def committed_source_offsets(self) -> list[Any]:
+        """Each source's offsets at the last committed batch, as Spark's offset log holds them
+        (a Kafka source's: `{topic: {partition: offset}}`); empty before the first commit."""
+        commits = self.batch_ids(self.commits)
+        if not commits:
+            return []
+        lines = self.offsets.child(str(commits[-1])).read_text().splitlines()
+        # "v1", the batch's metadata, then one line per source.
+        return [json.loads(line) for line in lines[2:] if line.strip()]
 
     @property
     def status_file(self) -> Location:

@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 
 from spark_jobs import jars
 from spark_jobs.cli import kafka_client_options
+from spark_jobs.layout import CheckpointLayout
 
 RATE_VOCABULARY = 1000
 # Set by spark-submit for the Python driver it starts: the JVM is running already.
@@ -59,7 +60,7 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", args.kafka_bootstrap_servers)
         # Only read when a new checkpoint starts; a checkpoint resumes from its own offsets.
-        .option("startingOffsets", args.kafka_starting_offsets)
+        .option("startingOffsets", starting_offsets(args))
     )
     if args.kafka_topic:
         reader = reader.option("subscribe", ",".join(args.kafka_topic))
@@ -76,6 +77,15 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
     return records.where(F.col("value").isNotNull()).select(
         F.col("value").cast("string").alias("value")
     )
+
+
+def starting_offsets(args: argparse.Namespace) -> str:
+    """Where a new checkpoint's Kafka source starts: the position a rotation carried over
+    (`CheckpointLayout.starting_offsets_file`), otherwise `--kafka-starting-offsets`."""
+    carried = CheckpointLayout.of(args.checkpoint).starting_offsets_file
+    if carried.exists():
+        return carried.read_text().strip()
+    return str(args.kafka_starting_offsets)
 
 
 def jars_for(args: argparse.Namespace) -> list[str]:

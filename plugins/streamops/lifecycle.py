@@ -10,6 +10,7 @@ under the sink's own maintenance lease (`spark_jobs/compaction.py`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -118,8 +119,12 @@ def run_action(
             summary = (
                 f"generation {rotation.generation.number} starts at sink batch "
                 f"{rotation.generation.first_sink_batch_id}; old generation kept as snapshot "
-                f"{rotation.snapshot.id}; {rotation.archived_inputs} processed input files moved "
-                "to _processed/"
+                f"{rotation.snapshot.id}; "
+                + (
+                    f"it reads on from the Kafka offsets committed ({json.dumps(offsets)})"
+                    if (offsets := rotation.kafka_offsets)
+                    else f"{rotation.archived_inputs} processed input files moved to _processed/"
+                )
             )
         else:
             in_use = checkpoints.snapshot_in_use(layout)

@@ -236,6 +236,45 @@ def test_a_stream_started_again_reads_on_from_where_it_stopped(broker: str, tmp_
     assert totals(read_sink(tmp_path / "running_total-sink")) == oracle(first + second)
 
 
+def test_a_rotation_carries_the_kafka_position_into_the_new_checkpoint(
+    broker: str, tmp_path: Path
+) -> None:
+    from spark_jobs import checkpoints
+    from spark_jobs.layout import CheckpointLayout
+    from spark_jobs.storage import Location
+
+    # Given both jobs that have read a topic, their checkpoints then rotated (twice in a row for
+    # running_total: the second rotation has no batch of its own to take the position from)
+    rng = random.Random(11)
+    first, second = messages(rng, 200), messages(rng, 200)
+    create_topic(broker, "rotated")
+    produce(broker, "rotated", first)
+    run_both(tmp_path, broker, "rotated")
+    rounds = {"word_count": 1, "running_total": 2}
+    for job, times in rounds.items():
+        layout = CheckpointLayout.of(str(tmp_path / f"{job}-ck"))
+        committed = layout.committed_source_offsets()
+        for _ in range(times):
+            rotation = checkpoints.rotate(
+                layout,
+                Location.of(str(tmp_path / f"{job}-sink")),
+                None,
+                carry_totals=job == "running_total",
+            )
+            # The position it carries is the one the old generation committed
+            assert [rotation.kafka_offsets] == committed
+            assert sum(sum(p.values()) for p in committed[0].values()) == len(first)
+        assert rotation.generation.number == times
+    # When more is produced and both jobs start on the new checkpoints (whose own
+    # --kafka-starting-offsets, earliest, would read the topic again from its start)
+    produce(broker, "rotated", second)
+    run_both(tmp_path, broker, "rotated")
+    # Then the new generation read exactly the new records: no record twice, none lost
+    counts = read_sink(tmp_path / "word_count-sink")
+    assert counted(counts) == oracle(first + second)
+    assert totals(read_sink(tmp_path / "running_total-sink")) == oracle(first + second)
+
+
 def offsets_per_batch(checkpoint: Path, topic: str) -> dict[int, dict[int, tuple[int, int]]]:
     """Each committed batch id and the offsets it read, `[start, end)` per partition.
 
