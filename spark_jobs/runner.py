@@ -229,6 +229,7 @@ def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> Start
         checkpoint=args.checkpoint,
         sink=args.sink,
         trigger_interval=None if args.available_now else args.trigger_interval,
+        spec_version=getattr(args, "spec_version", None),
         app_id=spark.sparkContext.applicationId,
         ui_url=ui_url(spark),
     )
@@ -289,7 +290,8 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
     layout = CheckpointLayout.of(args.checkpoint)
     stop = StopRequest(layout, spec.name)
     stop.install()
-    lease = Lease(layout.lease_file, args.stream, args.owner)
+    version = getattr(args, "spec_version", None)
+    lease = Lease(layout.lease_file, args.stream, args.owner, spec_version=version)
     try:
         lease.acquire()
     except LeaseHeld as held:
