@@ -9,6 +9,8 @@ process of its own.
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from streamops import registry
 from streamops.config import StreamSpec
 from streamops.params import Change
 from streamops.upgrades import UpgradeError, Verdict, decide, dry_run
-from tests.conftest import drop_file, run_available_now
+from tests.conftest import ROOT, drop_file, run_available_now
 
 TEXT = "hello world\nHello spark streaming\nhello again\n"
 WINDOW_MISSING_STATE = "STREAMING_STATEFUL_OPERATOR_MISSING_STATE_DIRECTORY"
@@ -217,6 +219,29 @@ def test_the_mode_and_the_findings_decide_the_action(
     decided, reasons = decide(mode, found, findings)
     assert decided == action
     assert reasons
+
+
+@pytest.mark.spark
+def test_bin_streamops_upgrade_dry_run_prints_the_verdict_and_writes_nothing(root: Path) -> None:
+    before = stream_files(root, "wc")
+    env = {**os.environ, "STREAMOPS_DATA_ROOT": str(root)}
+    done = subprocess.run(
+        [str(ROOT / "bin" / "streamops"), "upgrade", "wc", "--set", "window=30 seconds",
+         "--mode", "restart", "--dry-run"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("upgrade of wc (mode restart): refused\n"), done.stdout
+    assert WINDOW_MISSING_STATE in done.stdout
+    assert "window: None -> '30 seconds' (new checkpoint:" in done.stdout
+    assert stream_files(root, "wc") == before
+
+    without = subprocess.run(
+        [str(ROOT / "bin" / "streamops"), "upgrade", "wc", "--set", "window=30 seconds"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert without.returncode == 2
+    assert "the cut-over of an upgrade is not built yet: run with --dry-run" in without.stderr
 
 
 def test_a_verdict_reads_for_a_person() -> None:
