@@ -236,3 +236,22 @@ def test_a_param_missing_from_an_old_record_counts_as_its_default() -> None:
         "restart",
     )
     assert "console: False -> True (restart:" in change.describe()
+
+
+def test_docs_upgrades_shows_the_change_table_as_it_is() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "upgrades.md").read_text()
+    section = text.split("## What each change needs", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            key, needs, stateful, why = (cell.strip() for cell in line.strip("|").split(" | "))
+            rows[key.strip("`")] = (needs, stateful, why)
+    expected = {
+        key: (
+            rule.requires,
+            rule.stateful or rule.requires,
+            f"{rule.why}; with state: {rule.stateful_why}" if rule.stateful else rule.why,
+        )
+        for key, rule in CHANGES.items()
+    }
+    assert rows == expected
