@@ -218,6 +218,20 @@ def dry_run(
             Change(CODE_VERSION, running.code if running else None, code, rule.requires, rule.why)
         )
     new_version = registry.SpecVersion.id_of(record.job, new_params, code)
+    if not found:
+        return Verdict(
+            stream=stream,
+            mode=mode,
+            action="refused",
+            reasons=[
+                f"nothing changes: the stream runs spec version {record.spec_version} (these "
+                "Params, this code) already"
+            ],
+            changes=[],
+            current_version=record.spec_version,
+            new_version=new_version,
+            params=new_params,
+        )
     trial = None
     if not any(change.requires == "refused" for change in found):
         trial = trial_runner(record.job, [*spec.application_args(), "--stream", stream])
@@ -256,3 +270,34 @@ def verdict_json(verdict: Verdict) -> dict[str, object]:
         )
     )
     return data
+
+
+def upgrade_task(
+    params: Mapping[str, Any], ti: Any, trial_runner: TrialRunner = subprocess_trial
+) -> dict[str, object]:
+    """The `stream_upgrade` DAG's task: the verdict, logged and returned (the task's XCom).
+
+    A refused upgrade is pushed as XCom `verdict` and fails the task with its reasons; so do an
+    unknown stream, a bad change, and a run that is not a dry run (no cut-over yet)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    stream = str(params["stream"])
+    if not params.get("dry_run", True):
+        raise AirflowFailException(
+            f"stream {stream}: the cut-over of an upgrade is not built yet; trigger with dry_run "
+            "on for the verdict, then apply it with stream_control, checkpoint_rotation and the "
+            "stream's DAG (docs/upgrades.md)"
+        )
+    changes_asked = params.get("changes") or {}
+    try:
+        verdict = dry_run(
+            stream, changes_asked, params.get("mode", "auto"), trial_runner=trial_runner
+        )
+    except (registry.UnknownStream, UpgradeError) as err:
+        raise AirflowFailException(f"stream {stream}: {err}") from err
+    print(verdict.report())
+    result = verdict_json(verdict)
+    if not verdict.goes_ahead:
+        ti.xcom_push(key="verdict", value=result)
+        raise AirflowFailException(f"upgrade of {stream} refused: " + "; ".join(verdict.reasons))
+    return result

@@ -260,3 +260,44 @@ def test_a_verdict_reads_for_a_person() -> None:
         "  because state of operator 0: 2 partitions in the checkpoint, 4 asked",
     ]
     assert verdict.goes_ahead
+
+
+def test_an_upgrade_that_changes_nothing_is_refused_without_a_preflight(root: Path) -> None:
+    verdict = dry_run("wc", {"trigger_interval": "1 second"}, root=str(root), trial_runner=None)  # type: ignore[arg-type]
+    assert verdict.action == "refused"
+    assert verdict.reasons[0].startswith("nothing changes: the stream runs spec version")
+
+
+class FakeTaskInstance:
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+@pytest.mark.spark
+def test_the_dag_task_returns_the_verdict_and_fails_a_refused_one(
+    spark: SparkSession, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from streamops.upgrades import upgrade_task
+
+    monkeypatch.setenv("STREAMOPS_DATA_ROOT", str(root))
+    ti = FakeTaskInstance()
+    params = {"stream": "rt", "changes": {"shuffle_partitions": 4}, "mode": "auto", "dry_run": True}
+    result = upgrade_task(params, ti, trial_runner=in_session(spark))
+    assert result["action"] == "new checkpoint"
+    assert result["findings"] == [
+        {
+            "requires": "new checkpoint",
+            "text": "state of operator 0: 2 partitions in the checkpoint, 4 asked; a new "
+            "checkpoint carries the totals",
+        }
+    ]
+    with pytest.raises(AirflowFailException, match="upgrade of rt refused: mode restart was asked"):
+        upgrade_task({**params, "mode": "restart"}, ti, trial_runner=in_session(spark))
+    assert ti.pushed["verdict"]["action"] == "refused"  # type: ignore[index]
+    with pytest.raises(AirflowFailException, match="the cut-over of an upgrade is not built yet"):
+        upgrade_task({**params, "dry_run": False}, ti)
