@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -45,6 +46,7 @@ TRIAL_TIMEOUT_SECONDS = 300.0
 PROVIDER_KEY = "spark.sql.streaming.stateStore.providerClass"
 SHUFFLE_PARTITIONS_KEY = "spark.sql.shuffle.partitions"
 IGNORE_MISSING_FILES_KEY = "spark.sql.files.ignoreMissingFiles"
+COPY_ATTEMPTS = 3
 # Spark's error classes that say the checkpoint's state does not fit the query: a new checkpoint
 # is the cure. Any other failure of the new spec is its own, and a new checkpoint would not help.
 STATE_ERROR_PREFIXES = (
@@ -162,17 +164,30 @@ def read_state(spark: SparkSession, checkpoint: str) -> CheckpointState:
 
 
 def copy_checkpoint(checkpoint: str, target: Path) -> CheckpointLayout:
-    """Copy a checkpoint to a local folder, without the files of its running driver."""
+    """Copy a checkpoint to a local folder, without the files of its running driver.
+
+    The copy may be taken while the driver runs: Spark writes its logs' files whole (a rename),
+    and a batch that was running is uncommitted in the copy anyway (`uncommit_last_batch`)."""
     from pyarrow import fs as pafs
 
     source = Location.of(checkpoint)
-    target.mkdir(parents=True)
-    pafs.copy_files(
-        source.path,
-        str(target),
-        source_filesystem=source.filesystem,
-        destination_filesystem=pafs.LocalFileSystem(),
-    )
+    for attempt in range(COPY_ATTEMPTS):
+        # A live driver's state store maintenance may delete an old file under the copy: copy
+        # again, a moment later.
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        try:
+            pafs.copy_files(
+                source.path,
+                str(target),
+                source_filesystem=source.filesystem,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
+            break
+        except (FileNotFoundError, OSError):
+            if attempt == COPY_ATTEMPTS - 1:
+                raise
+            time.sleep(1.0)
     for name in CONTROL_FILES:
         (target / STREAMOPS_DIR / name).unlink(missing_ok=True)
     return CheckpointLayout.of(str(target))
@@ -304,13 +319,30 @@ def _run_batch(
             time.sleep(0.1)
         failure = query.exception()
         if failure is not None:
-            return str(failure).strip().splitlines()[0]
+            return failure_reason(str(failure))
         if query.isActive and time.monotonic() >= deadline:
             return f"the new spec did not finish the batch within {timeout:.0f} s"
         return None
     finally:
         query.stop()
         spark.streams.removeListener(started.listener)
+
+
+_PYTHON_ERROR = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?$")
+
+
+def failure_reason(message: str) -> str:
+    """The one line of a query's failure that says why: Spark's error line (`[ERROR_CLASS]
+    ...`), or the exception line of the Python traceback a `foreachBatch` function raised (which
+    Spark wraps in "An exception was raised by the Python Proxy")."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "the query failed without a message"
+    if "Python Proxy" in lines[0]:
+        raised = [line.strip() for line in lines if _PYTHON_ERROR.match(line)]
+        if raised:
+            return raised[-1]
+    return lines[0].strip()
 
 
 def _carried(job: str) -> str:

@@ -8,6 +8,7 @@ process of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -301,3 +302,57 @@ def test_the_dag_task_returns_the_verdict_and_fails_a_refused_one(
     assert ti.pushed["verdict"]["action"] == "refused"  # type: ignore[index]
     with pytest.raises(AirflowFailException, match="the cut-over of an upgrade is not built yet"):
         upgrade_task({**params, "dry_run": False}, ti)
+
+
+@pytest.mark.spark
+def test_new_code_that_changes_the_state_schema_needs_a_new_checkpoint(
+    spark: SparkSession, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyspark.sql import functions as F
+
+    from spark_jobs import running_total
+
+    # A code version whose state keeps each word's total as a double: another value schema.
+    monkeypatch.setattr(
+        running_total,
+        "running_totals",
+        lambda words: words.groupBy("word").agg(F.sum(F.lit(1.0)).alias("total")),
+    )
+    verdict = dry_run(
+        "rt", {"max_files_per_trigger": 5}, root=str(root), trial_runner=in_session(spark)
+    )
+    assert verdict.action == "new checkpoint", verdict.report()
+    assert verdict.trial is not None
+    assert verdict.trial.error is not None
+    assert verdict.trial.error.startswith("[STATE_STORE_"), verdict.trial.error
+    assert verdict.findings[0].text.startswith(
+        "the checkpoint cannot run the new spec (Spark: [STATE_STORE_"
+    )
+
+
+@pytest.mark.spark
+def test_new_code_that_fails_on_the_last_batch_is_refused(
+    spark: SparkSession, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spark_jobs import word_count
+
+    def failing(batch: Any) -> Any:
+        raise RuntimeError("the new code's bug")
+
+    real = word_count.spec_for
+    monkeypatch.setattr(
+        word_count, "spec_for", lambda args: dataclasses.replace(real(args), batch_result=failing)
+    )
+    verdict = dry_run(
+        "wc",
+        {"trigger_interval": "5 seconds"},
+        mode="new-checkpoint",
+        root=str(root),
+        trial_runner=in_session(spark),
+    )
+    assert verdict.action == "refused", verdict.report()
+    (finding,) = verdict.findings
+    assert finding.requires == "refused"
+    assert finding.text.startswith("the new spec failed on the checkpoint's last batch (batch 1): ")
+    assert "the new code's bug" in finding.text
+    assert finding.text.endswith("; fix it, then try again")
