@@ -13,14 +13,21 @@ their key and value schemas and their partitions with the checkpoint's. The verd
 
 Trigger it with the *stream*, the *changes* (the Params to change, as a JSON object, e.g.
 `{"shuffle_partitions": 4}`) and the *mode*: `auto` (the verdict), `restart` (refuse anything
-that needs a new checkpoint) or `new-checkpoint`. **Dry run** gives the verdict, in the log and
-as the task's XCom, and changes nothing; a refused upgrade fails the task with its reasons.
-The cut-over itself is not built yet (docs/upgrades.md): apply a verdict with `stream_control`,
-`checkpoint_rotation` and the stream's DAG.
+that needs a new checkpoint) or `new-checkpoint`. The verdict is logged and kept as the task's
+XCom `verdict`; a refused upgrade fails the task with its reasons and touches nothing.
+
+**Dry run** (the default) stops there: nothing is written. Otherwise the upgrade **cuts over**:
+the stream stops at a batch boundary (as `stream_control` stops it) while this run holds its
+checkpoint's lease; for `restart` the checkpoint is snapshotted (`upgrade to <version>`), for
+`new checkpoint` it is rotated (as `checkpoint_rotation` rotates it); then `start_new_spec`
+triggers a new run of the stream's DAG with the new Params, which replaces the old run (that
+one ends as a success, stopped as asked). A stream that was not running is not started.
+Rollback is not built yet (docs/upgrades.md).
 """
 
 from __future__ import annotations
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param, task
 
 from streamops.params import stream_param
@@ -51,7 +58,7 @@ with DAG(
             True,
             type="boolean",
             title="Dry run",
-            description="give the verdict and change nothing (the cut-over is not built yet)",
+            description="give the verdict and change nothing; off: cut over to the new spec",
         ),
     },
     tags=["streaming", "operations"],
@@ -59,16 +66,18 @@ with DAG(
 ) as dag:
 
     @task
-    def preflight() -> dict[str, object]:
-        """Run the upgrade's preflight; log and return the verdict, fail if it is refused."""
+    def upgrade() -> list[dict[str, object]]:
+        """The preflight's verdict (XCom `verdict`); unless a dry run, stop and snapshot or
+        rotate the stream. Returns the start of the new spec, if the stream was running."""
         from airflow.sdk import get_current_context
 
+        from streamops.tasks import task_owner
         from streamops.upgrades import upgrade_task
 
         context = get_current_context()
-        return upgrade_task(dict(context["params"]), context["ti"])
+        return upgrade_task(dict(context["params"]), context["ti"], task_owner(context["ti"]))
 
-    preflight()
+    TriggerDagRunOperator.partial(task_id="start_new_spec").expand_kwargs(upgrade())
 
 
 if __name__ == "__main__":

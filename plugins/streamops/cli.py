@@ -9,7 +9,8 @@
     bin/streamops restore STREAM [--snapshot-id ID]
     bin/streamops prune STREAM [--keep-count N] [--keep-age-hours H]
     bin/streamops compact STREAM [--target-mb MB] [--grace-minutes M]
-    bin/streamops upgrade STREAM --set KEY=VALUE ... [--mode auto|restart|new-checkpoint] --dry-run
+    bin/streamops upgrade STREAM --set KEY=VALUE ... [--mode auto|restart|new-checkpoint]
+                  [--dry-run | --wait]
 
 `status` prints one line per stream (state, last batch and its age, rates, backlog, checkpoint,
 quality) and, under it, each health breach with what to do. It asks the Airflow api-server
@@ -26,7 +27,9 @@ outcome (`restart` always does).
 `upgrade --dry-run` runs the upgrade's preflight here, against the data root (as `status
 --local` reads it): the new spec runs on a copy of the stream's checkpoint, and the verdict
 (`restart`, `new checkpoint` or `refused`, each reason named) is printed; nothing is written.
-It exits 0 when the upgrade could go ahead, 1 when it is refused (docs/upgrades.md).
+It exits 0 when the upgrade could go ahead, 1 when it is refused (docs/upgrades.md). Without
+`--dry-run`, `upgrade` triggers the `stream_upgrade` DAG, which runs the same preflight and, if
+the verdict goes ahead, cuts over.
 
 Exit codes: 0 all streams healthy (or the action succeeded), 1 a stream is unhealthy (or the
 action's run failed), 2 bad usage or configuration, 3 Airflow cannot be reached or refuses the
@@ -587,18 +590,19 @@ def cmd_compact(args: argparse.Namespace, airflow: Airflow) -> int:
 
 
 def cmd_upgrade(args: argparse.Namespace, airflow: Airflow) -> int:
-    """Judge an upgrade of a stream's spec: the preflight's verdict (a dry run only, so far)."""
-    if not args.dry_run:
-        raise CliError(
-            "the cut-over of an upgrade is not built yet: run with --dry-run for the verdict, "
-            "then apply it by hand (`streamops stop`, `rotate` for a new checkpoint, `start "
-            "--param ...`); see docs/upgrades.md"
-        )
-    from streamops.upgrades import UpgradeError, dry_run
-
+    """Upgrade a stream's spec: the preflight's verdict here (`--dry-run`), or the cut-over
+    through the stream_upgrade DAG."""
     sets = _parse_params(args.set, flag="--set")
     if not sets:
         raise CliError("say what to change: --set KEY=VALUE (a Param of the stream's DAG)")
+    if not args.dry_run:
+        conf = {"stream": args.stream, "changes": sets, "mode": args.mode, "dry_run": False}
+        run_id = airflow.trigger("stream_upgrade", conf, f"streamops upgrade {args.stream}")
+        _announce(airflow, f"upgrade {args.stream}", "stream_upgrade", run_id)
+        print("  its preflight runs first; a refused upgrade fails the run and touches nothing")
+        return _finish(airflow, "stream_upgrade", run_id, args.wait, args.timeout)
+    from streamops.upgrades import UpgradeError, dry_run
+
     try:
         verdict = dry_run(args.stream, sets, args.mode)
     except registry.UnknownStream as err:
@@ -715,8 +719,12 @@ def parser() -> argparse.ArgumentParser:
         "new-checkpoint: rotate even when a restart would do",
     )
     upgrade_cmd.add_argument(
-        "--dry-run", action="store_true", help="print the verdict, change nothing (required)"
+        "--dry-run",
+        action="store_true",
+        help="run the preflight here and print the verdict; change nothing",
     )
+    upgrade_cmd.add_argument("--wait", action="store_true", help="until the upgrade's run ends")
+    upgrade_cmd.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
     upgrade_cmd.set_defaults(run=cmd_upgrade)
     return main
 

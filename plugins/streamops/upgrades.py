@@ -272,32 +272,70 @@ def verdict_json(verdict: Verdict) -> dict[str, object]:
     return data
 
 
-def upgrade_task(
-    params: Mapping[str, Any], ti: Any, trial_runner: TrialRunner = subprocess_trial
-) -> dict[str, object]:
-    """The `stream_upgrade` DAG's task: the verdict, logged and returned (the task's XCom).
+def cut_over(verdict: Verdict, owner: str, root: str | None = None) -> dict[str, object]:
+    """Apply a verdict that goes ahead, up to the start of the new spec.
 
-    A refused upgrade is pushed as XCom `verdict` and fails the task with its reasons; so do an
-    unknown stream, a bad change, and a run that is not a dry run (no cut-over yet)."""
+    The stream is stopped at a batch boundary (if it runs) while `owner` takes its checkpoint's
+    lease; then, for `restart`, the checkpoint is snapshotted (reason `upgrade to <version>`),
+    for `new checkpoint` it is rotated (which snapshots the old generation). Returns what starts
+    the new spec (a `TriggerDagRunOperator`'s arguments: the stream's DAG with the new Params),
+    or an empty dict when the stream was not running.
+    """
+    from streamops import lifecycle
+    from streamops.config import stream_run_id
+
+    if not verdict.goes_ahead:
+        raise UpgradeError(f"upgrade of {verdict.stream} refused: {'; '.join(verdict.reasons)}")
+    record = registry.load(verdict.stream, root)
+    if record is None:
+        raise registry.UnknownStream(verdict.stream, (r.stream for r in registry.load_all(root)))
+    outcome = lifecycle.run_action(
+        record,
+        "snapshot" if verdict.action == "restart" else "rotate",
+        owner=owner,
+        reason=f"upgrade to {verdict.new_version}",
+    )
+    print(f"stream {verdict.stream}: {outcome.summary}")
+    if not outcome.restart_dag_id:
+        print(
+            f"stream {verdict.stream} was not running: start it with the new Params to run "
+            f"spec version {verdict.new_version}"
+        )
+        return {}
+    return {
+        "trigger_dag_id": outcome.restart_dag_id,
+        "trigger_run_id": stream_run_id(verdict.stream),
+        "conf": dict(verdict.params),
+    }
+
+
+def upgrade_task(
+    params: Mapping[str, Any],
+    ti: Any,
+    owner: str = "stream_upgrade",
+    trial_runner: TrialRunner = subprocess_trial,
+) -> list[dict[str, object]]:
+    """The `stream_upgrade` DAG's task: the verdict, logged and pushed as XCom `verdict`; unless
+    it is a dry run, the cut-over (`cut_over`). Returns the starts of the new spec: none for a
+    dry run or a stream that was not running, else one (the DAG's next task triggers it).
+
+    A refused upgrade fails the task with its reasons; so do an unknown stream and a bad change.
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
     stream = str(params["stream"])
-    if not params.get("dry_run", True):
-        raise AirflowFailException(
-            f"stream {stream}: the cut-over of an upgrade is not built yet; trigger with dry_run "
-            "on for the verdict, then apply it with stream_control, checkpoint_rotation and the "
-            "stream's DAG (docs/upgrades.md)"
-        )
     changes_asked = params.get("changes") or {}
+    mode = params.get("mode", "auto")
     try:
-        verdict = dry_run(
-            stream, changes_asked, params.get("mode", "auto"), trial_runner=trial_runner
-        )
+        verdict = dry_run(stream, changes_asked, mode, trial_runner=trial_runner)
     except (registry.UnknownStream, UpgradeError) as err:
         raise AirflowFailException(f"stream {stream}: {err}") from err
     print(verdict.report())
-    result = verdict_json(verdict)
+    ti.xcom_push(key="verdict", value=verdict_json(verdict))
     if not verdict.goes_ahead:
-        ti.xcom_push(key="verdict", value=result)
         raise AirflowFailException(f"upgrade of {stream} refused: " + "; ".join(verdict.reasons))
-    return result
+    if params.get("dry_run", True):
+        print(f"dry run: stream {stream} was not touched")
+        return []
+    start = cut_over(verdict, owner)
+    return [start] if start else []

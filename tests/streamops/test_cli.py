@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -105,10 +106,10 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client left
 
     def do_GET(self) -> None:
-        if self.path == "/api/v2/dags/stream_control":
-            self._answer(200, {"dag_id": "stream_control", "is_paused": False})
+        if self.path in ("/api/v2/dags/stream_control", "/api/v2/dags/stream_upgrade"):
+            self._answer(200, {"dag_id": self.path.rsplit("/", 1)[-1], "is_paused": False})
             return
-        run_id = self.path.rsplit("/", 1)[-1]
+        run_id = urllib.parse.unquote(self.path.rsplit("/", 1)[-1])
         if run_id in self.server.runs:
             self._answer(200, self.server.runs[run_id])
         else:
@@ -225,3 +226,21 @@ def test_the_wrapper_script_runs_the_cli() -> None:
     )
     assert done.returncode == 0
     assert "exit codes" in done.stdout
+
+
+def test_an_upgrade_without_dry_run_is_a_stream_upgrade_run_with_the_changes(
+    slow_api: SlowApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _client(slow_api, monkeypatch)
+    url = f"http://127.0.0.1:{slow_api.server_address[1]}"
+    argv = ["--url", url, "upgrade", "s", "--set", "trigger_interval=5 seconds", "--set",
+            "shuffle_partitions=4", "--mode", "restart", "--wait"]  # fmt: skip
+    assert main(argv) == 0
+    (run,) = slow_api.runs.values()
+    assert run["conf"] == {
+        "stream": "s",
+        "changes": {"trigger_interval": "5 seconds", "shuffle_partitions": 4},
+        "mode": "restart",
+        "dry_run": False,
+    }
+    assert "upgrade s: triggered stream_upgrade run" in capsys.readouterr().out
