@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import os
 import subprocess
+from collections import Counter
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from streamops import registry
 from streamops.config import StreamSpec
 from streamops.params import Change
 from streamops.upgrades import UpgradeError, Verdict, decide, dry_run
-from tests.conftest import ROOT, drop_file, run_available_now
+from tests.conftest import ROOT, drop_file, read_sink, run_available_now
 
 TEXT = "hello world\nHello spark streaming\nhello again\n"
 WINDOW_MISSING_STATE = "STREAMING_STATEFUL_OPERATOR_MISSING_STATE_DIRECTORY"
@@ -352,3 +353,44 @@ def test_new_code_that_fails_on_the_last_batch_is_refused(
     assert finding.text.startswith("the new spec failed on the checkpoint's last batch (batch 1): ")
     assert "the new code's bug" in finding.text
     assert finding.text.endswith("; fix it, then try again")
+
+
+@pytest.mark.spark
+def test_a_new_checkpoint_cut_over_carries_the_totals_onto_the_partitions_asked(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from spark_jobs import running_total
+    from spark_jobs.layout import CheckpointLayout, Generation
+    from spark_jobs.preflight import read_state
+    from streamops.upgrades import cut_over
+
+    # Given a stopped running_total stream of 2 partitions, two batches in
+    params: dict[str, object] = {"stream": "totals", "shuffle_partitions": 2}
+    spec = StreamSpec.from_params("running_total", params, str(tmp_path))
+    for batch in range(2):
+        drop_file(Path(spec.input), f"{batch}.txt", TEXT)
+        run_available_now(spark, running_total, [*job_argv(spec), "--stream", "totals"])
+    record = registry.StreamRecord(
+        "totals", "running_total", spec.checkpoint, spec.sink, spec.input, None, params=params
+    )
+    record.run_version(registry.SpecVersion.of("running_total", params))
+    registry.save(record, str(tmp_path))
+
+    # When it is upgraded to 4 partitions
+    verdict = dry_run(
+        "totals", {"shuffle_partitions": 4}, root=str(tmp_path), trial_runner=in_session(spark)
+    )
+    assert verdict.action == "new checkpoint"
+    assert cut_over(verdict, owner="test", root=str(tmp_path)) == {}  # it was not running
+
+    # Then the checkpoint was rotated, and the new spec goes on from the carried totals
+    layout = CheckpointLayout.of(spec.checkpoint)
+    generation = Generation.read(layout)
+    assert generation is not None
+    assert (generation.number, generation.first_sink_batch_id) == (1, 2)
+    new_spec = StreamSpec.from_params("running_total", verdict.params, str(tmp_path))
+    drop_file(Path(spec.input), "2.txt", TEXT)
+    run_available_now(spark, running_total, [*job_argv(new_spec), "--stream", "totals"])
+    assert [op.partitions for op in read_state(spark, spec.checkpoint).operators] == [4]
+    totals = read_sink(Path(spec.sink)).groupby("word")["total"].last().to_dict()
+    assert totals == {word: 3 * n for word, n in Counter(TEXT.split()).items()}
