@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import shutil
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any, Literal
 from pyspark.sql import SparkSession
 
 from spark_jobs.layout import CONTROL_FILES, STREAMOPS_DIR, CheckpointLayout
-from spark_jobs.runner import JobSpec, RefusedToStart, start
+from spark_jobs.runner import JobSpec, RefusedToStart, failure_reason, start
 from spark_jobs.storage import Location
 
 log = logging.getLogger(__name__)
@@ -326,23 +325,6 @@ def _run_batch(
     finally:
         query.stop()
         spark.streams.removeListener(started.listener)
-
-
-_PYTHON_ERROR = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?$")
-
-
-def failure_reason(message: str) -> str:
-    """The one line of a query's failure that says why: Spark's error line (`[ERROR_CLASS]
-    ...`), or the exception line of the Python traceback a `foreachBatch` function raised (which
-    Spark wraps in "An exception was raised by the Python Proxy")."""
-    lines = [line for line in message.strip().splitlines() if line.strip()]
-    if not lines:
-        return "the query failed without a message"
-    if "Python Proxy" in lines[0]:
-        raised = [line.strip() for line in lines if _PYTHON_ERROR.match(line)]
-        if raised:
-            return raised[-1]
-    return lines[0].strip()
 
 
 def _carried(job: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -145,6 +146,23 @@ class StopRequest:
         os.write(sys.stderr.fileno(), message.encode())
         # The JVM of a `python -m` driver ends when its stdin (this process) closes.
         os._exit(128 + signum)
+
+
+_PYTHON_ERROR = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?$")
+
+
+def failure_reason(message: str) -> str:
+    """The one line of a query's failure that says why: Spark's error line (`[ERROR_CLASS]
+    ...`), or the exception line of the Python traceback a `foreachBatch` function raised (which
+    Spark wraps in "An exception was raised by the Python Proxy")."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "the query failed without a message"
+    if "Python Proxy" in lines[0]:
+        raised = [line.strip() for line in lines if _PYTHON_ERROR.match(line)]
+        if raised:
+            return raised[-1]
+    return lines[0].strip()
 
 
 def stop_at_batch_boundary(
@@ -334,7 +352,7 @@ def _run_leased(
         sys.stderr.write(f"{spec.name}: error: {refusal}\n")
         return EXIT_REFUSED
     except StreamingQueryException as failure:
-        reason = str(failure).strip().splitlines()[0]
+        reason = failure_reason(str(failure))
         sys.stderr.write(
             f"{spec.name}: error: the stream failed: {reason}\n"
             f"  status: {CheckpointLayout.of(args.checkpoint).status_file}\n"
