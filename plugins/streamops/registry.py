@@ -51,6 +51,10 @@ class SpecVersion:
     commit: str | None = None
     #: When a driver first ran it.
     started_at: str = field(default_factory=utc_now)
+    #: When an upgrade replaced it, by which version, and why (the changes, the verdict).
+    replaced_at: str | None = None
+    replaced_by: str | None = None
+    replaced_why: str | None = None
 
     @staticmethod
     def id_of(job: str, params: Mapping[str, object], code: str) -> str:

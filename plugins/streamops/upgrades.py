@@ -289,12 +289,18 @@ def cut_over(verdict: Verdict, owner: str, root: str | None = None) -> dict[str,
     record = registry.load(verdict.stream, root)
     if record is None:
         raise registry.UnknownStream(verdict.stream, (r.stream for r in registry.load_all(root)))
-    outcome = lifecycle.run_action(
-        record,
-        "snapshot" if verdict.action == "restart" else "rotate",
-        owner=owner,
-        reason=f"upgrade to {verdict.new_version}",
-    )
+    # Recorded before the stop: the stream's task saves the record when its driver has stopped.
+    _mark_replaced(record, verdict, root)
+    try:
+        outcome = lifecycle.run_action(
+            record,
+            "snapshot" if verdict.action == "restart" else "rotate",
+            owner=owner,
+            reason=f"upgrade to {verdict.new_version}",
+        )
+    except Exception:
+        _mark_replaced(record, None, root)
+        raise
     print(f"stream {verdict.stream}: {outcome.summary}")
     if not outcome.restart_dag_id:
         print(
@@ -307,6 +313,26 @@ def cut_over(verdict: Verdict, owner: str, root: str | None = None) -> dict[str,
         "trigger_run_id": stream_run_id(verdict.stream),
         "conf": dict(verdict.params),
     }
+
+
+def _mark_replaced(
+    record: registry.StreamRecord, verdict: Verdict | None, root: str | None
+) -> None:
+    """Record in the running version that `verdict` replaces it (None: that it does not)."""
+    from spark_jobs.status import utc_now
+
+    fresh = registry.load(record.stream, root) or record
+    running = fresh.version()
+    if running is None:
+        return
+    running.replaced_at = utc_now() if verdict else None
+    running.replaced_by = verdict.new_version if verdict else None
+    running.replaced_why = (
+        f"upgrade ({verdict.action}): " + ", ".join(c.key for c in verdict.changes)
+        if verdict
+        else None
+    )
+    registry.save(fresh, root)
 
 
 def upgrade_task(

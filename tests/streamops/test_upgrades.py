@@ -382,6 +382,14 @@ def test_a_new_checkpoint_cut_over_carries_the_totals_onto_the_partitions_asked(
     )
     assert verdict.action == "new checkpoint"
     assert cut_over(verdict, owner="test", root=str(tmp_path)) == {}  # it was not running
+    replaced = registry.load("totals", str(tmp_path))
+    assert replaced is not None
+    (old,) = replaced.versions
+    assert (old.replaced_by, old.replaced_why) == (
+        verdict.new_version,
+        "upgrade (new checkpoint): shuffle_partitions",
+    )
+    assert old.replaced_at is not None
 
     # Then the checkpoint was rotated, and the new spec goes on from the carried totals
     layout = CheckpointLayout.of(spec.checkpoint)
