@@ -251,7 +251,7 @@ def dry_run(
 
 
 def verdict_json(verdict: Verdict) -> dict[str, object]:
-    """The verdict as a JSON-ready dict (the DAG's XCom, `--json`)."""
+    """The verdict as a JSON-ready dict (the stream_upgrade task's XCom `verdict`)."""
     data: dict[str, object] = json.loads(
         json.dumps(
             {

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from pyspark.sql import SparkSession
 
-from spark_jobs.preflight import Finding, Trial, trial_run
+from spark_jobs.packaging import code_version
+from spark_jobs.preflight import CheckpointState, Finding, Trial, trial_run
 from spark_jobs.status import read_status
 from streamops import registry
 from streamops.config import StreamSpec
@@ -402,3 +403,27 @@ def test_a_new_checkpoint_cut_over_carries_the_totals_onto_the_partitions_asked(
     assert [op.partitions for op in read_state(spark, spec.checkpoint).operators] == [4]
     totals = read_sink(Path(spec.sink)).groupby("word")["total"].last().to_dict()
     assert totals == {word: 3 * n for word, n in Counter(TEXT.split()).items()}
+
+
+def test_new_code_alone_is_an_upgrade_the_preflight_judges(tmp_path: Path) -> None:
+    # Given a stream whose driver runs an older code version
+    record = registry.StreamRecord("wc", "word_count", "ck", "sink", "in", "1 second")
+    record.params = {"stream": "wc"}
+    old = registry.SpecVersion.of("word_count", record.params)
+    old.code = "sha256:0000000000000000"
+    record.run_version(old)
+    registry.save(record, str(tmp_path))
+    asked: list[list[str]] = []
+
+    def trial(job: str, argv: list[str]) -> Trial:
+        asked.append(argv)
+        return Trial(job, "ck", CheckpointState([], {}, 3), replayed_batch=3)
+
+    # When the same Params are asked for with this checkout's code
+    verdict = dry_run("wc", {}, root=str(tmp_path), trial_runner=trial)
+    # Then the code is the change, the preflight ran it, and it restarts
+    (change,) = verdict.changes
+    assert (change.key, change.old, change.new) == ("code", old.code, code_version())
+    assert change.requires == "restart"
+    assert len(asked) == 1
+    assert verdict.action == "restart"
