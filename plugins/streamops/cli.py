@@ -393,6 +393,11 @@ def status_table(view: dict[str, Any]) -> str:
                     f"{p['phase']} {_ms(p['last_ms'])}/{_ms(p['median_ms'])}" for p in phases
                 )
             )
+        if len(view["streams"]) == 1 and s.get("spec_version"):
+            notes.append(
+                f"  stream {s['stream']}: spec version {s['spec_version']} (code "
+                f"{s.get('code_version') or 'unknown'}); docs/upgrades.md"
+            )
         if len(view["streams"]) == 1 and (ui := s.get("spark_ui")):
             notes.append(f"  stream {s['stream']}: Spark UI {ui['url']}")
             if ui["tunnel"]:

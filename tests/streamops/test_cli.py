@@ -52,6 +52,21 @@ def test_status_of_a_healthy_stream_exits_0(root: Path, capsys: pytest.CaptureFi
     assert [s["stream"] for s in view["streams"]] == ["totals"]
 
 
+def test_status_of_one_stream_names_the_spec_version_its_driver_runs(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamops import registry
+
+    record = registry.load("totals", str(root))
+    assert record is not None
+    version = registry.SpecVersion.of("running_total", record.params, commit="abc")
+    record.run_version(version)
+    registry.save(record, str(root))
+    main(["status", "--local", "totals"])
+    out = capsys.readouterr().out
+    assert f"stream totals: spec version {version.version} (code {version.code})" in out
+
+
 def test_status_of_an_unknown_stream_names_the_known_ones(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
