@@ -356,6 +356,12 @@ def common_parser(prog: str, description: str) -> JobArgumentParser:
         help="the stream's name, recorded in the checkpoint's lease (default: the job's name)",
     )
     run.add_argument(
+        "--spec-version",
+        metavar="ID",
+        help="the version of the stream's spec this driver runs, recorded in the lease and the "
+        "status (the stream DAGs pass it; default: none)",
+    )
+    run.add_argument(
         "--owner",
         metavar="TEXT",
         help="who started this driver, recorded in the lease (the stream DAGs pass "

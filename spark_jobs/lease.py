@@ -78,6 +78,8 @@ class LeaseHolder:
     token: str
     since: float
     renewed: float
+    #: The version of the stream's spec the holder runs (`registry.SpecVersion`), if it was given.
+    spec_version: str | None = None
 
     def is_local(self) -> bool:
         """Whether the holder runs on this host."""
@@ -122,6 +124,7 @@ class LeaseHeld(Exception):
         self.holder = holder
 
 
+_HOLDER_FIELDS = frozenset(LeaseHolder.__dataclass_fields__)
 UNREADABLE = LeaseHolder("?", "unreadable lease file", "?", -1, None, "", 0.0, 0.0)
 
 
@@ -132,7 +135,9 @@ def read_lease(lease_file: Location) -> LeaseHolder | None:
     over): a half-written lease must never block a stream forever.
     """
     try:
-        return LeaseHolder(**json.loads(lease_file.read_text()))
+        data = json.loads(lease_file.read_text())
+        # Fields of a newer version are ignored: its holder is alive all the same.
+        return LeaseHolder(**{k: v for k, v in data.items() if k in _HOLDER_FIELDS})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError):
@@ -148,11 +153,13 @@ class Lease:
         stream: str,
         owner: str,
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        spec_version: str | None = None,
     ) -> None:
         self.lease_file = lease_file
         self.stream = stream
         self.owner = owner
         self.ttl_seconds = ttl_seconds
+        self.spec_version = spec_version
         self.token = uuid.uuid4().hex
         self.since = time.time()
         self._stop = threading.Event()
@@ -169,6 +176,7 @@ class Lease:
             token=self.token,
             since=self.since,
             renewed=time.time(),
+            spec_version=self.spec_version,
         )
 
     def read(self) -> LeaseHolder | None:

@@ -7,11 +7,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import zipfile
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
+
+
+def shipped_sources(package: Path = PACKAGE) -> list[Path]:
+    """The files a driver runs: the package's Python sources, as `build_py_files` ships them."""
+    return sorted(package.glob("*.py"))
+
+
+def code_version(package: Path = PACKAGE) -> str:
+    """A content hash of the code a driver runs (`sha256:` and 16 hex digits): equal for equal
+    sources, whatever their files' times or the folder they are in."""
+    digest = hashlib.sha256()
+    for source in shipped_sources(package):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def build_py_files(dest_dir: Path) -> Path:
@@ -20,7 +35,7 @@ def build_py_files(dest_dir: Path) -> Path:
     archive = dest_dir / "spark_jobs.zip"
     tmp = archive.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for source in sorted(PACKAGE.glob("*.py")):
+        for source in shipped_sources():
             zf.write(source, f"{PACKAGE.name}/{source.name}")
     tmp.replace(archive)
     return archive

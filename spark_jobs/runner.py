@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -148,6 +149,23 @@ class StopRequest:
         os._exit(128 + signum)
 
 
+_PYTHON_ERROR = re.compile(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: .*)?$")
+
+
+def failure_reason(message: str) -> str:
+    """The one line of a query's failure that says why: Spark's error line (`[ERROR_CLASS]
+    ...`), or the exception line of the Python traceback a `foreachBatch` function raised (which
+    Spark wraps in "An exception was raised by the Python Proxy")."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "the query failed without a message"
+    if "Python Proxy" in lines[0]:
+        raised = [line.strip() for line in lines if _PYTHON_ERROR.match(line)]
+        if raised:
+            return raised[-1]
+    return lines[0].strip()
+
+
 def stop_at_batch_boundary(
     query: StreamingQuery, grace_seconds: float = STOP_GRACE_SECONDS
 ) -> None:
@@ -242,6 +260,7 @@ def start(spark: SparkSession, spec: JobSpec, args: argparse.Namespace) -> Start
         checkpoint=args.checkpoint,
         sink=args.sink,
         trigger_interval=None if args.available_now else args.trigger_interval,
+        spec_version=getattr(args, "spec_version", None),
         app_id=spark.sparkContext.applicationId,
         ui_url=ui_url(spark),
     )
@@ -305,7 +324,8 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
     layout = CheckpointLayout.of(args.checkpoint)
     stop = StopRequest(layout, spec.name)
     stop.install()
-    lease = Lease(layout.lease_file, args.stream, args.owner)
+    version = getattr(args, "spec_version", None)
+    lease = Lease(layout.lease_file, args.stream, args.owner, spec_version=version)
     try:
         lease.acquire()
     except LeaseHeld as held:
@@ -348,7 +368,7 @@ def _run_leased(
         sys.stderr.write(f"{spec.name}: error: {refusal}\n")
         return EXIT_REFUSED
     except StreamingQueryException as failure:
-        reason = str(failure).strip().splitlines()[0]
+        reason = failure_reason(str(failure))
         sys.stderr.write(
             f"{spec.name}: error: the stream failed: {reason}\n"
             f"  status: {CheckpointLayout.of(args.checkpoint).status_file}\n"

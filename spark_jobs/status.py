@@ -79,6 +79,8 @@ class StreamStatus:
     app_id: str | None = None
     ui_url: str | None = None
     trigger_interval: str | None = None
+    #: The version of the stream's spec the driver runs (`--spec-version`), if it was given.
+    spec_version: str | None = None
     started_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
     last_batch: BatchProgress | None = None
@@ -109,7 +111,8 @@ class StreamStatus:
         data: dict[str, Any] = json.loads(text)
         last = data.pop("last_batch", None)
         recent = data.pop("recent_batches", [])
-        status = cls(**data)
+        # Fields of a newer version are ignored.
+        status = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
         status.last_batch = BatchProgress(**last) if last else None
         status.recent_batches = [BatchProgress(**b) for b in recent]
         return status

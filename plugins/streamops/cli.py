@@ -9,6 +9,8 @@
     bin/streamops restore STREAM [--snapshot-id ID]
     bin/streamops prune STREAM [--keep-count N] [--keep-age-hours H]
     bin/streamops compact STREAM [--target-mb MB] [--grace-minutes M]
+    bin/streamops upgrade STREAM --set KEY=VALUE ... [--mode auto|restart|new-checkpoint]
+                  [--dry-run | --wait]
 
 `status` prints one line per stream (state, last batch and its age, rates, backlog, checkpoint,
 quality) and, under it, each health breach with what to do. It asks the Airflow api-server
@@ -21,6 +23,13 @@ runs tasks, and shows in the UI: `start` the stream's DAG (with the Params it la
 `stop` `stream_control`, the checkpoint actions `checkpoint_rotation`, `compact`
 `sink_compaction`. `--wait` waits for the
 outcome (`restart` always does).
+
+`upgrade --dry-run` runs the upgrade's preflight here, against the data root (as `status
+--local` reads it): the new spec runs on a copy of the stream's checkpoint, and the verdict
+(`restart`, `new checkpoint` or `refused`, each reason named) is printed; nothing is written.
+It exits 0 when the upgrade could go ahead, 1 when it is refused (docs/upgrades.md). Without
+`--dry-run`, `upgrade` triggers the `stream_upgrade` DAG, which runs the same preflight and, if
+the verdict goes ahead, cuts over.
 
 Exit codes: 0 all streams healthy (or the action succeeded), 1 a stream is unhealthy (or the
 action's run failed), 2 bad usage or configuration, 3 Airflow cannot be reached or refuses the
@@ -384,6 +393,11 @@ def status_table(view: dict[str, Any]) -> str:
                     f"{p['phase']} {_ms(p['last_ms'])}/{_ms(p['median_ms'])}" for p in phases
                 )
             )
+        if len(view["streams"]) == 1 and s.get("spec_version"):
+            notes.append(
+                f"  stream {s['stream']}: spec version {s['spec_version']} (code "
+                f"{s.get('code_version') or 'unknown'}); docs/upgrades.md"
+            )
         if len(view["streams"]) == 1 and (ui := s.get("spark_ui")):
             notes.append(f"  stream {s['stream']}: Spark UI {ui['url']}")
             if ui["tunnel"]:
@@ -431,12 +445,12 @@ def _find(airflow: Airflow, stream: str) -> dict[str, Any] | None:
     return next((s for s in airflow.overview()["streams"] if s["stream"] == stream), None)
 
 
-def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+def _parse_params(pairs: Sequence[str], flag: str = "--param") -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise CliError(f"--param {pair!r}: expected KEY=VALUE, e.g. --param window=none")
+            raise CliError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} window=null")
         try:
             params[key] = json.loads(raw)
         except ValueError:
@@ -580,6 +594,30 @@ def cmd_compact(args: argparse.Namespace, airflow: Airflow) -> int:
     return _finish(airflow, "sink_compaction", run_id, args.wait, args.timeout)
 
 
+def cmd_upgrade(args: argparse.Namespace, airflow: Airflow) -> int:
+    """Upgrade a stream's spec: the preflight's verdict here (`--dry-run`), or the cut-over
+    through the stream_upgrade DAG."""
+    sets = _parse_params(args.set, flag="--set")
+    if not sets:
+        raise CliError("say what to change: --set KEY=VALUE (a Param of the stream's DAG)")
+    if not args.dry_run:
+        conf = {"stream": args.stream, "changes": sets, "mode": args.mode, "dry_run": False}
+        run_id = airflow.trigger("stream_upgrade", conf, f"streamops upgrade {args.stream}")
+        _announce(airflow, f"upgrade {args.stream}", "stream_upgrade", run_id)
+        print("  its preflight runs first; a refused upgrade fails the run and touches nothing")
+        return _finish(airflow, "stream_upgrade", run_id, args.wait, args.timeout)
+    from streamops.upgrades import UpgradeError, dry_run
+
+    try:
+        verdict = dry_run(args.stream, sets, args.mode)
+    except registry.UnknownStream as err:
+        raise CliError(str(err)) from err
+    except UpgradeError as err:
+        raise CliError(f"{args.stream}: {err}") from err
+    print(verdict.report())
+    return EXIT_OK if verdict.goes_ahead else EXIT_UNHEALTHY
+
+
 # --- Command line --------------------------------------------------------------------------------
 
 
@@ -666,6 +704,33 @@ def parser() -> argparse.ArgumentParser:
     compact_cmd.add_argument("--wait", action="store_true", help="until the run ends")
     compact_cmd.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
     compact_cmd.set_defaults(run=cmd_compact)
+
+    upgrade_cmd = commands.add_parser(
+        "upgrade", help="judge a change of a stream's Params or code against its checkpoint"
+    )
+    upgrade_cmd.add_argument("stream")
+    upgrade_cmd.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Param to change (VALUE is JSON when it parses: 4, true, null; else text)",
+    )
+    upgrade_cmd.add_argument(
+        "--mode",
+        choices=("auto", "restart", "new-checkpoint"),
+        default="auto",
+        help="auto: what the preflight finds (default); restart: refuse a new checkpoint; "
+        "new-checkpoint: rotate even when a restart would do",
+    )
+    upgrade_cmd.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the preflight here and print the verdict; change nothing",
+    )
+    upgrade_cmd.add_argument("--wait", action="store_true", help="until the upgrade's run ends")
+    upgrade_cmd.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
+    upgrade_cmd.set_defaults(run=cmd_upgrade)
     return main
 
 

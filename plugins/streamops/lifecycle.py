@@ -92,8 +92,11 @@ def run_action(
     keep_count: int = checkpoints.DEFAULT_KEEP_COUNT,
     keep_age: timedelta = checkpoints.DEFAULT_KEEP_AGE,
     shuffle_partitions: int | None = None,
+    reason: str = "manual",
 ) -> Outcome:
-    """Run one checkpoint action on a stream, stopping and restarting it around the action."""
+    """Run one checkpoint action on a stream, stopping and restarting it around the action.
+
+    `reason` is recorded in a snapshot's manifest (`manual`, `upgrade to <version>`, ...)."""
     layout = CheckpointLayout.of(record.checkpoint)
     store = checkpoints.SnapshotStore.of(layout)
     needs_stop = action in ("rotate", "restore", "snapshot")
@@ -101,7 +104,7 @@ def run_action(
     try:
         before = checkpoints.tree_size(layout.root)
         if action == "snapshot":
-            snapshot = store.create(layout, reason="manual")
+            snapshot = store.create(layout, reason=reason)
             summary = f"snapshot {snapshot.id} ({snapshot.size_bytes} bytes)"
         elif action == "restore":
             snapshot = checkpoints.restore(layout, Location.of(record.sink), snapshot_id)

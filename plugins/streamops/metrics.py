@@ -20,6 +20,7 @@ Names follow Prometheus conventions: `streamops_` prefix, base units in the name
 | `streamops_stream_backlog_files`, `_backlog_bytes` | gauge | input not yet read |
 | `streamops_source_records_behind` | gauge | Kafka: records past the last batch (label `topic`) |
 | `streamops_stream_restarts_total` | counter | restarts by the supervisor |
+| `streamops_stream_spec_info` | gauge | 1, labels: the driver's spec `version` and its `code` |
 | `streamops_incident_open` | gauge | 1 per open incident (labels `stream`, `signal`) |
 | `streamops_incident_opened_timestamp_seconds` | gauge | when each open incident opened |
 | `streamops_checkpoint_size_bytes` | gauge | bytes in the checkpoint |
@@ -80,8 +81,17 @@ class OverviewCollector(Collector):
     def __init__(self, view: Overview) -> None:
         self.view = view
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Metric]:  # noqa: PLR0915  (one family after another)
         streams = self.view.streams
+        spec = GaugeMetricFamily(
+            "streamops_stream_spec_info",
+            "The spec version the stream's driver runs, and its code version (docs/upgrades.md).",
+            labels=["stream", "version", "code"],
+        )
+        for stream in streams:
+            if stream.spec_version:
+                spec.add_metric([stream.stream, stream.spec_version, stream.code_version or ""], 1)
+        yield spec
         yield _gauge(
             "streamops_stream_healthy",
             "1 when the stream has no health breach and is not restarting.",

@@ -42,7 +42,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from spark_jobs import jars
 from spark_jobs.java_runtime import java_home
-from spark_jobs.packaging import build_py_files
+from spark_jobs.packaging import build_py_files, code_version
 from spark_jobs.session import driver_environment, unreachable_driver_warning
 from streamops import kafka
 from streamops.config import REPO_ROOT, StreamConfigError, StreamSpec
@@ -153,6 +153,7 @@ class StreamSubmitOperator(SparkSubmitOperator):
                 f"stream {spec.stream} is already run by {old.dag_id}/{old.run_id}; stop it first "
                 "(stream_control), or give this stream another name"
             )
+        version = registry.SpecVersion.of(spec.job, dict(context["params"]))
         record = registry.StreamRecord(
             stream=spec.stream,
             job=spec.job,
@@ -170,7 +171,10 @@ class StreamSubmitOperator(SparkSubmitOperator):
             failures=old.failures if old and same_run else [],
             last_error=old.last_error if old and same_run else None,
             last_error_kind=old.last_error_kind if old and same_run else None,
+            # Every version the stream ran, whichever run started it.
+            versions=old.versions if old else [],
         )
+        record.run_version(version)
         if layout.stop_request.exists():  # left over from an earlier stop
             layout.stop_request.filesystem.delete_file(layout.stop_request.path)
         registry.save(record)
@@ -304,12 +308,16 @@ class StreamSubmitOperator(SparkSubmitOperator):
         self._watch(context, spec, holder, start_offset=start_offset)
 
     def _application_args(self, context: Context, spec: StreamSpec) -> list[str]:
+        from streamops.registry import SpecVersion
+
         return [
             *spec.application_args(),
             "--stream",
             spec.stream,
             "--owner",
             self._owner(context),
+            "--spec-version",
+            SpecVersion.id_of(spec.job, dict(context.get("params") or {}), code_version()),
         ]
 
     def _prepare_submit(self, context: Context, spec: StreamSpec) -> None:

@@ -225,6 +225,10 @@ class StreamOverview:
     # Where batch time goes, phase by phase (`spark_jobs.status.batch_time_breakdown`): the last
     # batch and the median of the recent ones.
     batch_time: list[dict[str, Any]] = field(default_factory=list)
+    # The spec version its driver runs (its status says; the record, before it has written one)
+    # and that version's code version (`registry.SpecVersion`).
+    spec_version: str | None = None
+    code_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -553,6 +557,8 @@ def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down
     last = status.last_batch if status else None
     last_time = parse_time(last.timestamp) if last else None
     updated = parse_time(status.updated_at) if status else None
+    version = (status.spec_version if status else None) or record.spec_version
+    known = record.version(version)
     return StreamOverview(
         stream=record.stream,
         job=record.job,
@@ -602,4 +608,6 @@ def stream_overview(  # noqa: PLR0917  (the overview's shared reads, passed down
         alerts=[a for a in alerts if a.get("stream") == record.stream][-RECENT_ALERTS:],
         spark_ui=spark_ui_view(status) if live else None,
         batch_time=batch_time_breakdown(status.recent_batches) if status else [],
+        spec_version=version,
+        code_version=known.code if known else None,
     )

@@ -1,6 +1,11 @@
-"""The trigger form of the stream DAGs: typed Params whose JSON schema refuses bad values."""
+"""The trigger form of the stream DAGs: typed Params whose JSON schema refuses bad values, and
+what changing each of them on a running stream requires (`CHANGES`)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 from airflow.sdk import Param
 
@@ -174,3 +179,177 @@ def stream_params(job: str) -> dict[str, Param]:
             description="how often a window starts, e.g. '10 seconds'; empty: the window length",
         )
     return params
+
+
+# ---------------------------------------------------------------------------------------------
+# What a change needs: the one table of upgrades (docs/upgrades.md shows it; a test keeps the two
+# equal). A stream's spec is its job, these Params and the code version (`CODE_VERSION`); an
+# upgrade changes some of them, and each change needs at least what its row says:
+#
+# - `restart`: stop at a batch boundary and start the new spec on the same checkpoint;
+# - `new checkpoint`: rotate first (`checkpoint_rotation`: the input position is carried, and a
+#   running_total's totals), then start the new spec on the new generation;
+# - `refused`: not an upgrade of this stream at all; the reason says what to do instead.
+#
+# The preflight (`streamops.upgrades`) can only raise what a row asks for: it runs the new spec on
+# a copy of the checkpoint and turns what Spark's state data source finds different into further
+# reasons for a new checkpoint.
+
+Requirement = Literal["restart", "new checkpoint", "refused"]
+#: The requirements from the cheapest to the most drastic.
+REQUIREMENTS: tuple[Requirement, ...] = ("restart", "new checkpoint", "refused")
+#: The spec's part that is not a Param: the content of `spark_jobs/`.
+CODE_VERSION = "code"
+
+_NEW_STREAM = "start a new stream under another name (its own sink and checkpoint) instead"
+
+
+@dataclass(frozen=True)
+class ChangeRule:
+    """What changing one part of a stream's spec requires, and why.
+
+    `stateful` overrides `requires` for a stream that keeps state across batches (a
+    running_total, or a word_count with a window), whose state the change affects.
+    """
+
+    requires: Requirement
+    why: str
+    stateful: Requirement | None = None
+    stateful_why: str = ""
+
+    def requirement(self, keeps_state: bool) -> tuple[Requirement, str]:
+        """What the change requires of a stream that keeps state or not, and why."""
+        if keeps_state and self.stateful is not None:
+            return self.stateful, self.stateful_why
+        return self.requires, self.why
+
+
+CHANGES: dict[str, ChangeRule] = {
+    "stream": ChangeRule("refused", f"the name is the stream: {_NEW_STREAM}"),
+    "source": ChangeRule(
+        "refused",
+        "another source kind has other offsets, which the checkpoint cannot resume; " + _NEW_STREAM,
+    ),
+    "input": ChangeRule(
+        "refused",
+        "the checkpoint's position is in this input; another input would be read from its "
+        f"start or skipped; {_NEW_STREAM}",
+    ),
+    "socket_host": ChangeRule("refused", f"the socket is the stream's input; {_NEW_STREAM}"),
+    "socket_port": ChangeRule("refused", f"the socket is the stream's input; {_NEW_STREAM}"),
+    "sink": ChangeRule(
+        "refused",
+        f"the sink holds the stream's batches, whose ids go on from the checkpoint; {_NEW_STREAM}",
+    ),
+    "checkpoint": ChangeRule(
+        "refused",
+        "the checkpoint is what an upgrade carries over; the upgrade itself moves a stream to a "
+        "new one (mode new-checkpoint)",
+    ),
+    "kafka_topic": ChangeRule(
+        "refused",
+        "the checkpoint's offsets are those of these topics; other topics would be read from "
+        f"their starting offsets or skipped; {_NEW_STREAM}",
+    ),
+    "kafka_topic_pattern": ChangeRule(
+        "refused",
+        f"the checkpoint's offsets are those of the topics it matched; {_NEW_STREAM}",
+    ),
+    "kafka_starting_offsets": ChangeRule(
+        "restart", "a checkpoint that exists resumes from its own offsets, never from these"
+    ),
+    "max_offsets_per_trigger": ChangeRule("restart", "a batch's size is no part of the checkpoint"),
+    "kafka_bootstrap_servers": ChangeRule(
+        "restart", "which brokers serve the topics is no part of the checkpoint"
+    ),
+    "kafka_connection": ChangeRule(
+        "restart", "the brokers' address and login are no part of the checkpoint"
+    ),
+    "trigger_interval": ChangeRule("restart", "when batches start is no part of the checkpoint"),
+    "available_now": ChangeRule("restart", "the same checkpoint runs bounded or unbounded"),
+    "max_files_per_trigger": ChangeRule("restart", "a batch's size is no part of the checkpoint"),
+    "console": ChangeRule("restart", "printing batches is no part of the checkpoint"),
+    "sink_retention_days": ChangeRule(
+        "restart", "sink_compaction reads it from the stream's record; the driver does not"
+    ),
+    "shuffle_partitions": ChangeRule(
+        "restart",
+        "a stateless query keeps no state partitions",
+        stateful="new checkpoint",
+        stateful_why="Spark keeps the number of state partitions a checkpoint started with",
+    ),
+    "window": ChangeRule(
+        "new checkpoint",
+        "windowing on, off or of another length is another state: the old checkpoint has none "
+        "of it, or the wrong one",
+    ),
+    "slide": ChangeRule("new checkpoint", "another slide is another set of windows in the state"),
+    # Job arguments that the stream DAGs do not offer as Params yet; an upgrade refuses them as
+    # unknown keys until they are Params.
+    "normalize": ChangeRule(
+        "restart",
+        "per-batch counts keep no state",
+        stateful="new checkpoint",
+        stateful_why="the state's words would mix normalized and raw forms ('Hello' beside "
+        "'hello') from the change on",
+    ),
+    "state_store": ChangeRule(
+        "new checkpoint", "Spark keeps the state store provider a checkpoint started with"
+    ),
+    CODE_VERSION: ChangeRule(
+        "restart",
+        "new code runs on the same checkpoint when the preflight finds the same state "
+        "operators, schemas and partitions; any difference it finds needs a new checkpoint",
+    ),
+}
+
+
+def keeps_state(job: str, params: Mapping[str, object]) -> bool:
+    """Whether a stream of `job` with these Params keeps state across batches."""
+    return job == "running_total" or bool(params.get("window"))
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between two specs of a stream, and what it requires."""
+
+    key: str
+    old: object
+    new: object
+    requires: Requirement
+    why: str
+
+    def describe(self) -> str:
+        """`trigger_interval: '1 second' -> '5 seconds' (restart: ...)`."""
+        return f"{self.key}: {self.old!r} -> {self.new!r} ({self.requires}: {self.why})"
+
+
+def changes(
+    job: str, old: Mapping[str, object], new: Mapping[str, object], defaults: bool = True
+) -> list[Change]:
+    """The differences between two Params of a stream of `job`, each with its rule's requirement.
+
+    A Param missing from either side counts as its default (`stream_params(job)`), so a record
+    written before a Param existed compares equal to one with its default. A key that no rule
+    names is refused.
+    """
+    declared = stream_params(job)
+    stateful = keeps_state(job, old) or keeps_state(job, new)
+
+    def value(params: Mapping[str, object], key: str) -> object:
+        if key in params:
+            return params[key]
+        return declared[key].value if defaults and key in declared else None
+
+    found = []
+    for key in sorted(set(old) | set(new)):
+        before, after = value(old, key), value(new, key)
+        if before == after:
+            continue
+        rule = CHANGES.get(key)
+        if rule is None:
+            found.append(Change(key, before, after, "refused", "no rule says what it requires"))
+            continue
+        requires, why = rule.requirement(stateful)
+        found.append(Change(key, before, after, requires, why))
+    return found

@@ -1,5 +1,9 @@
 """Which streams exist and whether each should be running: the control plane's own records.
 
+A stream's *spec* is its job, the Params that start it and the version of the code in
+`spark_jobs/` (`SpecVersion`); the record keeps every version the stream ran, and which one its
+driver runs now (the driver names it in its lease and status, as `--spec-version`).
+
 `<data root>/_streamops/streams/<stream>.json` is written by the stream's operator when it starts,
 restarts and stops the stream, and read by `stream_health`, the Streams page and the CLI. It also
 holds the run's restart budget (`failures`) and history (`restarts`), so they survive restarts of
@@ -9,22 +13,91 @@ trigger rotates (`rotate_driver_log`) once it reaches `driver_log_limit()` bytes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from spark_jobs.packaging import code_version
 from spark_jobs.status import utc_now
 from spark_jobs.storage import Location
-from streamops.config import data_root
+from streamops.config import REPO_ROOT, data_root
 
 Desired = Literal["running", "stopped"]
 
 DRIVER_LOG_MAX_MB = 100.0  # default of $STREAMOPS_DRIVER_LOG_MAX_MB
 DRIVER_LOG_KEEP = 3  # rotated copies kept: <log>.1 (the newest) to <log>.3
+
+
+@dataclass
+class SpecVersion:
+    """One version of a stream's spec: what a driver of the stream runs.
+
+    `version` is a hash of the job, the Params and the code version together, so two drivers
+    started the same way from the same code run the same version.
+    """
+
+    version: str
+    job: str
+    params: dict[str, object]
+    #: A content hash of `spark_jobs/` (`packaging.code_version`).
+    code: str
+    #: The git commit of the checkout the code came from, when it is one.
+    commit: str | None = None
+    #: When a driver first ran it.
+    started_at: str = field(default_factory=utc_now)
+    #: When an upgrade replaced it, by which version, and why (the changes, the verdict).
+    replaced_at: str | None = None
+    replaced_by: str | None = None
+    replaced_why: str | None = None
+
+    @staticmethod
+    def id_of(job: str, params: Mapping[str, object], code: str) -> str:
+        """The version id of a spec: 12 hex digits of a hash of its job, Params and code."""
+        canonical = json.dumps(
+            {"job": job, "params": dict(params), "code": code}, sort_keys=True, default=str
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @classmethod
+    def of(cls, job: str, params: Mapping[str, object], commit: str | None = None) -> SpecVersion:
+        """The spec of a stream of `job` started with `params` from the code of this checkout."""
+        code = code_version()
+        return cls(
+            version=cls.id_of(job, params, code),
+            job=job,
+            params=dict(params),
+            code=code,
+            commit=commit if commit is not None else git_commit(),
+        )
+
+
+def git_commit(repo: str | os.PathLike[str] = REPO_ROOT) -> str | None:
+    """The commit the checkout at `repo` is on (with `+dirty` when files differ), or None when it
+    is not a git checkout or git is missing."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "spark_jobs"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty else head or None
 
 
 @dataclass
@@ -52,6 +125,21 @@ class StreamRecord:
     restart_at: str | None = None
     # The Params of the run that started the stream, to start it again the same way.
     params: dict[str, object] = field(default_factory=dict)
+    # The spec version its driver runs (the last of `versions` it started), and every version
+    # the stream has run, oldest first.
+    spec_version: str | None = None
+    versions: list[SpecVersion] = field(default_factory=list)
+
+    def run_version(self, spec: SpecVersion) -> None:
+        """Record that the stream's driver runs `spec` from now on."""
+        if not any(known.version == spec.version for known in self.versions):
+            self.versions.append(spec)
+        self.spec_version = spec.version
+
+    def version(self, version: str | None = None) -> SpecVersion | None:
+        """One of the stream's spec versions (default: the one its driver runs), or None."""
+        wanted = version or self.spec_version
+        return next((known for known in self.versions if known.version == wanted), None)
 
 
 def registry_dir(root: str | None = None) -> Location:
@@ -133,7 +221,13 @@ def load(stream: str, root: str | None = None) -> StreamRecord | None:
 def _record(data: dict[str, object]) -> StreamRecord:
     # Records written by older versions lack the newer fields; unknown ones are ignored.
     known = StreamRecord.__dataclass_fields__
-    return StreamRecord(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+    fields = {k: v for k, v in data.items() if k in known}
+    version_fields = SpecVersion.__dataclass_fields__
+    fields["versions"] = [
+        SpecVersion(**{k: v for k, v in item.items() if k in version_fields})
+        for item in fields.get("versions") or []  # type: ignore[attr-defined]
+    ]
+    return StreamRecord(**fields)  # type: ignore[arg-type]
 
 
 def load_all(root: str | None = None) -> list[StreamRecord]:

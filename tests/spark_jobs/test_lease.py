@@ -189,3 +189,22 @@ def test_a_job_started_by_hand_on_a_leased_checkpoint_exits_2_naming_the_holder(
     assert "(started by word_count_stream/manual__2026-11-30), since 20" in lines[0]
     assert "last renewed" in lines[0]
     assert not (tmp_path / "sink").exists()
+
+
+def test_the_lease_names_the_spec_version_and_newer_fields_are_ignored(tmp_path: Path) -> None:
+    lease_file = Location.of(str(tmp_path / "lease.json"))
+    lease = Lease(lease_file, "wc", "me", spec_version="0123456789ab")
+    lease.acquire()
+    try:
+        holder = read_lease(lease_file)
+        assert holder is not None
+        assert holder.spec_version == "0123456789ab"
+        # A lease written by a newer version, with a field this one does not know: still held.
+        data = json.loads(lease_file.read_text())
+        lease_file.write_text_atomic(json.dumps({**data, "added_later": 1}))
+        holder = read_lease(lease_file)
+        assert holder is not None
+        assert holder.token == lease.token
+        assert not holder.is_gone()
+    finally:
+        lease.release()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,6 +50,21 @@ def test_status_of_a_healthy_stream_exits_0(root: Path, capsys: pytest.CaptureFi
     assert main(["status", "--local", "totals", "--json"]) == 0
     view = json.loads(capsys.readouterr().out)
     assert [s["stream"] for s in view["streams"]] == ["totals"]
+
+
+def test_status_of_one_stream_names_the_spec_version_its_driver_runs(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamops import registry
+
+    record = registry.load("totals", str(root))
+    assert record is not None
+    version = registry.SpecVersion.of("running_total", record.params, commit="abc")
+    record.run_version(version)
+    registry.save(record, str(root))
+    main(["status", "--local", "totals"])
+    out = capsys.readouterr().out
+    assert f"stream totals: spec version {version.version} (code {version.code})" in out
 
 
 def test_status_of_an_unknown_stream_names_the_known_ones(
@@ -105,10 +121,10 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client left
 
     def do_GET(self) -> None:
-        if self.path == "/api/v2/dags/stream_control":
-            self._answer(200, {"dag_id": "stream_control", "is_paused": False})
+        if self.path in ("/api/v2/dags/stream_control", "/api/v2/dags/stream_upgrade"):
+            self._answer(200, {"dag_id": self.path.rsplit("/", 1)[-1], "is_paused": False})
             return
-        run_id = self.path.rsplit("/", 1)[-1]
+        run_id = urllib.parse.unquote(self.path.rsplit("/", 1)[-1])
         if run_id in self.server.runs:
             self._answer(200, self.server.runs[run_id])
         else:
@@ -225,3 +241,21 @@ def test_the_wrapper_script_runs_the_cli() -> None:
     )
     assert done.returncode == 0
     assert "exit codes" in done.stdout
+
+
+def test_an_upgrade_without_dry_run_is_a_stream_upgrade_run_with_the_changes(
+    slow_api: SlowApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _client(slow_api, monkeypatch)
+    url = f"http://127.0.0.1:{slow_api.server_address[1]}"
+    argv = ["--url", url, "upgrade", "s", "--set", "trigger_interval=5 seconds", "--set",
+            "shuffle_partitions=4", "--mode", "restart", "--wait"]  # fmt: skip
+    assert main(argv) == 0
+    (run,) = slow_api.runs.values()
+    assert run["conf"] == {
+        "stream": "s",
+        "changes": {"trigger_interval": "5 seconds", "shuffle_partitions": 4},
+        "mode": "restart",
+        "dry_run": False,
+    }
+    assert "upgrade s: triggered stream_upgrade run" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from spark_jobs.layout import CheckpointLayout
-from spark_jobs.status import write_status
+from spark_jobs.status import read_status, write_status
 from streamops import registry
 from streamops.health import Breach
 from streamops.incidents import AlertSettings, IncidentStore, update
@@ -124,3 +124,26 @@ def test_a_kafka_streams_records_behind_are_a_gauge_per_topic(
     main(["status", "--local", "wc_kafka"])
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("wc_kafka")]
     assert "1203 records" in line
+
+
+def test_the_spec_version_each_driver_runs_is_a_metric(anonymous: TestClient, root: Path) -> None:
+    # Given word_count's driver runs a spec version the registry knows
+    record = registry.load("word_count", str(root))
+    assert record is not None
+    version = registry.SpecVersion.of("word_count", record.params, commit="abc123")
+    record.run_version(version)
+    registry.save(record, str(root))
+    status = read_status(record.checkpoint)
+    assert status is not None
+    status.spec_version = version.version
+    write_status(status)
+    clear_cache()
+    # When Prometheus scrapes the endpoint
+    response = anonymous.get("/metrics")
+    # Then the version and its code are labels of one sample, and promtool finds nothing
+    assert lint(response.text) == ""
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    samples = families["streamops_stream_spec_info"].samples
+    assert [(s.labels, s.value) for s in samples] == [
+        ({"stream": "word_count", "version": version.version, "code": version.code}, 1.0)
+    ]

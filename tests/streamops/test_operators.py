@@ -46,3 +46,13 @@ def test_a_kafka_stream_is_submitted_with_the_pinned_connector_jars(
 def test_a_file_stream_gets_no_jars(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = StreamSpec(stream="wc", job="word_count", input="i", sink="s", checkpoint="c")
     assert "--jars" not in submit_command(spec, monkeypatch)
+
+
+def test_the_driver_is_told_its_spec_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spark_jobs.packaging import code_version
+    from streamops.registry import SpecVersion
+
+    spec = StreamSpec(stream="wc", job="word_count", input="i", sink="s", checkpoint="c")
+    command = submit_command(spec, monkeypatch)
+    version = command[command.index("--spec-version") + 1]
+    assert version == SpecVersion.id_of("word_count", {}, code_version())

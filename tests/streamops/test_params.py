@@ -8,8 +8,8 @@ import pytest
 from airflow.sdk import Param
 from airflow.sdk.exceptions import ParamValidationError
 
-from streamops.config import StreamConfigError, StreamSpec
-from streamops.params import stream_params
+from streamops.config import JOBS, StreamConfigError, StreamSpec
+from streamops.params import CHANGES, CODE_VERSION, REQUIREMENTS, changes, stream_params
 
 
 def validate(name: str, value: object, job: str = "word_count") -> object:
@@ -198,3 +198,76 @@ def test_sink_compaction_applies_the_retention_the_stream_was_started_with(
         3, with_batch_columns(pa.table({"word": ["a"], "count": [1]}), 3, now)
     )
     assert compact_stream("words", owner="test")["expired"] == 0
+
+
+# -- what a change needs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_param_of_a_stream_dag_has_a_change_rule(job: str) -> None:
+    # A Param added without a rule would be refused by every upgrade as unknown.
+    assert set(stream_params(job)) <= set(CHANGES), set(stream_params(job)) - set(CHANGES)
+    assert CODE_VERSION in CHANGES
+
+
+WINDOWED = {"window": "30 seconds"}
+
+
+@pytest.mark.parametrize(
+    ("job", "old", "new", "requires"),
+    [
+        ("word_count", {}, {"trigger_interval": "5 seconds"}, "restart"),
+        ("running_total", {}, {"max_files_per_trigger": 10}, "restart"),
+        ("word_count", {}, {"shuffle_partitions": 4}, "restart"),
+        ("running_total", {}, {"shuffle_partitions": 4}, "new checkpoint"),
+        # A windowed word count keeps state: its partitions are the checkpoint's.
+        ("word_count", WINDOWED, {**WINDOWED, "shuffle_partitions": 4}, "new checkpoint"),
+        ("word_count", {}, {"window": "30 seconds"}, "new checkpoint"),
+        ("word_count", {"window": "30 seconds"}, {}, "new checkpoint"),
+        ("word_count", WINDOWED, {**WINDOWED, "slide": "10 seconds"}, "new checkpoint"),
+        ("running_total", {}, {"normalize": True}, "new checkpoint"),
+        ("word_count", {}, {"normalize": True}, "restart"),
+        ("running_total", {}, {"state_store": "hdfs"}, "new checkpoint"),
+        ("word_count", {}, {"source": "socket"}, "refused"),
+        ("word_count", {}, {"input": "streams/other/input"}, "refused"),
+        ("running_total", {}, {"sink": "elsewhere"}, "refused"),
+        ("word_count", {}, {"no_such_param": 1}, "refused"),
+    ],
+)  # fmt: skip
+def test_a_change_requires_what_its_rule_says(
+    job: str, old: dict[str, object], new: dict[str, object], requires: str
+) -> None:
+    found = changes(job, old, new)
+    assert max(REQUIREMENTS.index(c.requires) for c in found) == REQUIREMENTS.index(requires)
+
+
+def test_a_param_missing_from_an_old_record_counts_as_its_default() -> None:
+    # A record written before `console` existed, against Params that give its default.
+    assert changes("word_count", {"stream": "wc"}, {"stream": "wc", "console": False}) == []
+    (change,) = changes("word_count", {"stream": "wc"}, {"stream": "wc", "console": True})
+    assert (change.key, change.old, change.new, change.requires) == (
+        "console",
+        False,
+        True,
+        "restart",
+    )
+    assert "console: False -> True (restart:" in change.describe()
+
+
+def test_docs_upgrades_shows_the_change_table_as_it_is() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "upgrades.md").read_text()
+    section = text.split("## What each change needs", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            key, needs, stateful, why = (cell.strip() for cell in line.strip("|").split(" | "))
+            rows[key.strip("`")] = (needs, stateful, why)
+    expected = {
+        key: (
+            rule.requires,
+            rule.stateful or rule.requires,
+            f"{rule.why}; with state: {rule.stateful_why}" if rule.stateful else rule.why,
+        )
+        for key, rule in CHANGES.items()
+    }
+    assert rows == expected

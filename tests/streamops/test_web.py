@@ -154,6 +154,13 @@ def test_the_page_shows_open_incidents_and_those_resolved_lately(
     update("word_count", [stalled], NOW - timedelta(minutes=30), quiet, AlertSettings(), store)
     update("totals", [backlog], NOW - timedelta(minutes=30), quiet, AlertSettings(), store)
     update("totals", [], NOW - timedelta(minutes=5), quiet, AlertSettings(), store)
+    from streamops import registry
+
+    record = registry.load("totals", str(root))
+    assert record is not None
+    version = registry.SpecVersion.of("running_total", record.params, commit="abc")
+    record.run_version(version)
+    registry.save(record, str(root))
     page_html = signed_in.get("/ui").text
     api = signed_in.get("/api/streams").text
     with sync_playwright() as p:
@@ -173,8 +180,12 @@ def test_the_page_shows_open_incidents_and_those_resolved_lately(
             page.wait_for_selector("body[data-loaded='true']", timeout=30_000)
             incident = page.inner_text("[data-incident='stalled']")
             resolved = page.inner_text("#resolved")
+            spec = page.inner_text("[data-spec='totals']")
+            no_spec = page.query_selector("[data-spec='word_count']")
         finally:
             browser.close()
     assert errors == []
     assert incident.startswith("incident stalled open for 30 min")
     assert resolved == "2026-01-05 11:55:00 stream totals: backlog resolved after 25 min"
+    assert spec == f"spec {version.version}"
+    assert no_spec is None  # a stream started before spec versions has none to show
