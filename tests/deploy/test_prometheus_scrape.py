@@ -96,6 +96,25 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
         time.sleep(0.2)
 
 
+def add_stopped_kafka_stream(root: Path) -> str:
+    """Register a stopped Kafka stream (no input folder) whose last batch left records behind."""
+    from dataclasses import replace
+
+    from tests.streamops.test_health import make_record
+
+    checkpoint = str(root / "streams/wc_kafka/checkpoint")
+    record = make_record(
+        stream="wc_kafka", input="", desired="stopped", checkpoint=checkpoint, sink=str(root / "s")
+    )
+    registry.save(record, str(root))
+    status = make_status(checkpoint=checkpoint, state="stopped")
+    assert status.last_batch is not None
+    status.last_batch = replace(status.last_batch, records_behind={"lines": 7})
+    write_status(status)
+    clear_cache()
+    return record.stream
+
+
 def test_prometheus_scrapes_the_streams_and_a_dead_driver_fires_the_rule(
     tmp_path: Path, root: Path, endpoint: str, dead_pid: int
 ) -> None:
@@ -124,6 +143,9 @@ def test_prometheus_scrapes_the_streams_and_a_dead_driver_fires_the_rule(
         assert len(rules) == 7
         assert query(server.url, 'ALERTS{alertname="StreamopsStreamDown"}') == []
 
+        # Given also a stopped Kafka stream whose last batch left records behind (the
+        # dashboard's one Kafka query has data then)
+        kafka = add_stopped_kafka_stream(root)
         # When word_count's driver dies (status failed, its lease gone)
         record = registry.load("word_count", str(root))
         assert record is not None
@@ -145,5 +167,6 @@ def test_prometheus_scrapes_the_streams_and_a_dead_driver_fires_the_rule(
         # And every query of the Grafana dashboard runs there (a PromQL error fails the request)
         # and finds data
         for promql in grafana_queries():
-            concrete = promql.replace('=~"$stream"', '=~".+"').replace("$stream", "word_count")
+            stream = kafka if "streamops_source_" in promql else "word_count"
+            concrete = promql.replace('=~"$stream"', '=~".+"').replace("$stream", stream)
             assert query(server.url, concrete), f"no data: {concrete}"
