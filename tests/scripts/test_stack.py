@@ -9,6 +9,11 @@ stream, the on-call surfaces (`tests/streamops/oncall_live.py`: Streams page in 
 1,280 pixels, API auth, metrics, CLI, which stops one stream while the others go on), then stops
 it and checks that no process and no active run of it is left. The other tests are quick checks
 of the feeder and the environment.
+
+Why it takes 3 to 4 minutes beside another test worker (233 s in the last CI run): the stack's
+start alone (Airflow standalone's four processes, three driver JVMs, their first batches) takes
+80 to 120 s on 2 cores, and every check above needs a running stack; each would otherwise pay
+for a start of its own.
 """
 
 from __future__ import annotations
