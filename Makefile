@@ -18,8 +18,9 @@ $(SYNCED): pyproject.toml uv.lock scripts/bootstrap.sh
 jars: $(SYNCED)  ## download and verify the pinned jars (Spark's Kafka source, the Kafka broker)
 	@$(BIN)/python -m spark_jobs.jars fetch
 
+# `make demo KAFKA=1` adds a Kafka broker and a third stream, word_count_kafka, on topic lines.
 demo: $(SYNCED) jars  ## start Airflow with both stream DAGs running on sample text (UI, login)
-	$(BIN)/python scripts/stack.py start
+	$(BIN)/python scripts/stack.py start $(if $(KAFKA),--kafka)
 
 stop:  ## stop everything `make demo` started
 	$(BIN)/python scripts/stack.py stop

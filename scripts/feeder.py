@@ -31,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMS = ("word_count", "running_total")
@@ -135,9 +136,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also serve the sample lines, and lines clients send, on 127.0.0.1:PORT",
     )
     parser.add_argument(
+        "--kafka-bootstrap-servers",
+        metavar="HOST:PORT",
+        help="also produce the sample lines, one record each, to --kafka-topic on these brokers; "
+        "with --type: produce the lines typed here",
+    )
+    parser.add_argument(
+        "--kafka-topic", default="lines", help="the topic to produce to (default: lines)"
+    )
+    parser.add_argument(
         "--type",
         action="store_true",
-        help="send the lines typed here to the feeder's socket (--socket-port, default 9999)",
+        help="send the lines typed here to the feeder's socket (--socket-port, default 9999), "
+        "or with --kafka-bootstrap-servers to the Kafka topic",
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed (repeatable output)")
     parser.add_argument("--quiet", action="store_true", help="print nothing per file")
@@ -227,9 +238,49 @@ def type_lines(port: int) -> int:
     return 0
 
 
+class TopicWriter:
+    """Produces lines to a Kafka topic, one record each, with confluent-kafka (the Airflow Kafka
+    provider's client); every record acknowledged before `send` returns."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = topic
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+
+    def send(self, text: str) -> int:
+        """Produce each line of `text`; how many. Raises RuntimeError if the broker refuses."""
+        lines = text.splitlines()
+        failed: list[str] = []
+
+        def report(error: Any, _message: Any) -> None:
+            if error is not None:
+                failed.append(str(error))
+
+        for line in lines:
+            self.producer.produce(self.topic, line.encode(), on_delivery=report)
+            self.producer.poll(0)
+        if self.producer.flush(30) or failed:
+            raise RuntimeError(
+                f"records to {self.topic} not acknowledged: {failed[:1] or 'timed out'}"
+            )
+        return len(lines)
+
+
+def type_records(bootstrap: str, topic: str) -> int:
+    """Produce each line typed on stdin to the topic until end of input (Ctrl-D)."""
+    writer = TopicWriter(bootstrap, topic)
+    print(f"feeder: each line you type is a record of {topic} on {bootstrap}; Ctrl-D ends")
+    for line in sys.stdin:
+        writer.send(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write files until stopped (or `--files` files per folder); exit 0."""
     args = parse_args(argv)
+    if args.type and args.kafka_bootstrap_servers:
+        return type_records(args.kafka_bootstrap_servers, args.kafka_topic)
     if args.type:
         return type_lines(args.socket_port or 9999)
     folders: list[Path] = args.folders or default_folders(args.data_root or default_data_root())
@@ -246,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         relay = LineRelay(args.socket_port)
         threading.Thread(target=relay.serve_forever, name="relay", daemon=True).start()
         print(f"feeder: serving lines on 127.0.0.1:{args.socket_port}", flush=True)
+    topic = None
+    if args.kafka_bootstrap_servers:
+        topic = TopicWriter(args.kafka_bootstrap_servers, args.kafka_topic)
+        print(f"feeder: producing the lines to {args.kafka_topic}", flush=True)
     print(
         f"feeder: a file of {args.lines} sentences every {args.interval:g} s into "
         + ", ".join(str(f) for f in folders),
@@ -260,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             write_atomically(folder, name, text)
         if relay is not None:
             relay.send(text)
+        if topic is not None:
+            try:
+                topic.send(text)
+            except RuntimeError as err:  # the broker is down: the files and socket go on
+                print(f"feeder: {err}", flush=True)
         if not args.quiet:
             print(f"feeder: wrote {name} ({text.count(chr(10))} lines)", flush=True)
         if args.files is not None and number >= args.files:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +65,11 @@ RUN_END_SECONDS = 15.0
 
 # The seed's `nc -lk 9999` port, served by the feeder for the socket stream (`--socket-port`).
 SOCKET_PORT = 9999
+# `make demo KAFKA=1`: a broker (scripts/kafka.py) on this port or the next free one, and the
+# topic the feeder writes the sample lines to.
+KAFKA_PORT = 9092
+KAFKA_TOPIC = "lines"
+KAFKA_PARTITIONS = 3
 
 
 @dataclass(frozen=True)
@@ -78,14 +85,16 @@ class DemoStream:
         return str(dict(self.conf).get("source", "file"))
 
 
-def demo_streams(socket_port: int = SOCKET_PORT) -> tuple[DemoStream, ...]:
-    """The streams `start` runs: two file streams, and the seed's socket stream.
+def demo_streams(socket_port: int = SOCKET_PORT, kafka: bool = False) -> tuple[DemoStream, ...]:
+    """The streams `start` runs: two file streams, and the seed's socket stream; with `kafka`
+    (`make demo KAFKA=1`) a third word_count, on the topic `lines` of a local broker.
 
     The file streams take a micro-batch every 5 s, the feeder's pace: three streams at the seed's
-    1 s beside Airflow keep 2 cores busy. The socket stream keeps the seed's 1 s.
+    1 s beside Airflow keep 2 cores busy. The socket stream keeps the seed's 1 s. The Kafka
+    stream names only its topic: its brokers come from the `kafka_default` connection.
     """
     every_5s = (("trigger_interval", "5 seconds"),)
-    return (
+    streams: tuple[DemoStream, ...] = (
         DemoStream("word_count_stream", "word_count", every_5s),
         DemoStream("running_total_stream", "running_total", every_5s),
         DemoStream(
@@ -94,6 +103,10 @@ def demo_streams(socket_port: int = SOCKET_PORT) -> tuple[DemoStream, ...]:
             (("source", "socket"), ("socket_port", socket_port), ("console", True)),
         ),
     )
+    if kafka:
+        kafka_conf = (("source", "kafka"), ("kafka_topic", KAFKA_TOPIC), *every_5s)
+        streams += (DemoStream("word_count_stream", "word_count_kafka", kafka_conf),)
+    return streams
 
 
 STREAM_DAGS = tuple(dict.fromkeys(s.dag_id for s in demo_streams()))
@@ -155,6 +168,11 @@ class Stack:
         return self.home / "feeder.log"
 
     @property
+    def kafka_dir(self) -> Path:
+        """The Kafka broker's folder (`make demo KAFKA=1`): its config, data, log and pid."""
+        return self.home / "kafka"
+
+    @property
     def password_file(self) -> Path:
         """The admin password the simple auth manager generated."""
         return self.home / "simple_auth_manager_passwords.json.generated"
@@ -180,6 +198,43 @@ class Stack:
     def sink(self, stream: str) -> Path:
         """A stream's sink folder under the default layout."""
         return self.data_root / "streams" / stream / "sink"
+
+
+def kafka_script() -> ModuleType:
+    """`scripts/kafka.py`, the local broker (this folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "streamops_kafka_script", ROOT / "scripts/kafka.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def start_kafka(stack: Stack) -> str:
+    """Start the demo's broker (a new folder gets the first free port from KAFKA_PORT) and make
+    sure the topic exists; return the bootstrap address."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    kafka = kafka_script()
+    new = not (stack.kafka_dir / "server.properties").exists()
+    try:
+        bootstrap = str(kafka.start(stack.kafka_dir, pick_port(KAFKA_PORT) if new else None))
+    except kafka.BrokerError as err:
+        raise StackError(f"the Kafka broker did not start: {err}") from err
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if KAFKA_TOPIC not in admin.list_topics(timeout=30).topics:
+        for future in admin.create_topics([NewTopic(KAFKA_TOPIC, KAFKA_PARTITIONS, 1)]).values():
+            future.result(timeout=30)
+    return bootstrap
+
+
+def stop_kafka(stack: Stack) -> None:
+    """Stop the demo's broker if it runs (by its pid file's process group)."""
+    if (stack.kafka_dir / "kafka.pid").exists() and kafka_script().stop(stack.kafka_dir):
+        note(f"stopped the Kafka broker ({stack.kafka_dir})")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -724,11 +779,18 @@ def wait_for_streams(
 
 
 def start_feeder(
-    stack: Stack, env: dict[str, str], interval: float, socket_port: int
+    stack: Stack,
+    env: dict[str, str],
+    interval: float,
+    socket_port: int,
+    kafka_bootstrap: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`scripts/feeder.py` in its own session: the file streams' input folders, and the socket."""
+    """`scripts/feeder.py` in its own session: the file streams' input folders, the socket, and
+    the Kafka topic when there is a broker."""
     command = [str(VENV_BIN / "python"), str(ROOT / "scripts" / "feeder.py")]
     command += ["--interval", f"{interval:g}", "--socket-port", str(socket_port)]
+    if kafka_bootstrap:
+        command += ["--kafka-bootstrap-servers", kafka_bootstrap, "--kafka-topic", KAFKA_TOPIC]
     for demo in demo_streams(socket_port):
         if demo.source == "file":
             command += ["--folder", str(stack.input_folder(demo.stream))]
@@ -744,8 +806,13 @@ def start_feeder(
         )
 
 
-def print_banner(
-    stack: Stack, runs: list[StreamRun], interval: float, took: float, socket_port: int
+def print_banner(  # noqa: PLR0917  (what the banner reports)
+    stack: Stack,
+    runs: list[StreamRun],
+    interval: float,
+    took: float,
+    socket_port: int,
+    kafka_bootstrap: str | None = None,
 ) -> None:
     """What is running, where, and how to use it."""
     password = admin_password(stack) or f"(see {stack.password_file})"
@@ -776,7 +843,7 @@ Type into the socket stream (the seed's `nc -lk 9999` workflow)
   (`Time: ...`, then its words) into its task log: Airflow UI > word_count_stream > run
   word_count_socket__... > run_stream > Logs, or under {socket_logs}.
 
-Feed your own files
+{kafka_part(kafka_bootstrap)}Feed your own files
   Both file streams read every new file in their input folder, once. Write the file under a
   hidden name (Spark skips names starting with '.'), then mv it into place:
       printf 'hello spark\\nhello world\\n' > {wc_input}/.mine.txt
@@ -795,14 +862,27 @@ More streams: trigger word_count_stream or running_total_stream with a new strea
     )
 
 
-def start_streams(api: Api, socket_port: int) -> list[StreamRun]:
+def kafka_part(bootstrap: str | None) -> str:
+    """The banner's lines on the Kafka stream (`make demo KAFKA=1`), or none."""
+    if not bootstrap:
+        return ""
+    return f"""Type into the Kafka topic (stream word_count_kafka, topic {KAFKA_TOPIC})
+  .venv/bin/python scripts/feeder.py --type --kafka-bootstrap-servers {bootstrap}
+  then type lines: each is one record of {KAFKA_TOPIC} ({KAFKA_PARTITIONS} partitions), counted in
+  word_count_kafka's next micro-batch. The broker is Apache Kafka (scripts/kafka.py) on
+  {bootstrap}; the stream's brokers come from the Airflow connection kafka_default.
+
+"""
+
+
+def start_streams(api: Api, socket_port: int, kafka: bool = False) -> list[StreamRun]:
     """Unpause every DAG; trigger each demo stream, or carry on with its run if still active."""
     for dag_id in (*CONTROL_DAGS, *STREAM_DAGS):
         unpause(api, dag_id)
     say(f"unpaused {', '.join((*CONTROL_DAGS, *STREAM_DAGS))}")
     runs: list[StreamRun] = []
     active = {dag_id: active_runs(api, dag_id) for dag_id in STREAM_DAGS}
-    for demo in demo_streams(socket_port):
+    for demo in demo_streams(socket_port, kafka):
         run = active[demo.dag_id].get(demo.stream)
         if run is None:
             run = trigger(api, demo)
@@ -829,6 +909,14 @@ def start(stack: Stack, args: argparse.Namespace) -> int:
             "choose another port: scripts/stack.py start --socket-port 9998"
         )
     env = stack_env(stack, pick_port(8793), pick_port(8794))
+    kafka_bootstrap = None
+    if args.kafka:
+        say(f"starting the Kafka broker (about 5-10 s); log: {stack.kafka_dir / 'kafka.log'}")
+        kafka_bootstrap = start_kafka(stack)
+        note(f"Kafka on {kafka_bootstrap}, topic {KAFKA_TOPIC}: the connection kafka_default")
+        env["AIRFLOW_CONN_KAFKA_DEFAULT"] = json.dumps(
+            {"conn_type": "kafka", "extra": {"bootstrap.servers": kafka_bootstrap}}
+        )
 
     say(f"starting Airflow standalone (about 30-60 s on 2 cores); log: {stack.log_file}")
     note(f"AIRFLOW_HOME={stack.home}  data root {stack.data_root}")
@@ -842,6 +930,7 @@ def start(stack: Stack, args: argparse.Namespace) -> int:
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "pgid": os.getpgid(standalone.pid),
         "pids": {"standalone": standalone.pid},
+        "kafka": kafka_bootstrap,
     }
     save_state(stack, state)
     api = Api(stack)
@@ -854,17 +943,18 @@ def start(stack: Stack, args: argparse.Namespace) -> int:
     except BaseException:
         say("start failed: stopping what was started")
         stop_processes(stack, state)
+        stop_kafka(stack)
         raise
 
     # The feeder first: the socket stream's driver connects to it as it starts.
-    feeder = start_feeder(stack, env, args.feeder_interval, args.socket_port)
+    feeder = start_feeder(stack, env, args.feeder_interval, args.socket_port, kafka_bootstrap)
     state["pids"]["feeder"] = feeder.pid
     save_state(stack, state)
     say(f"started the sample-text feeder (pid {feeder.pid}): {stack.feeder_log}")
     wait_until(lambda: not port_is_free(args.socket_port), 30)
 
     since = datetime.now(UTC)
-    runs = start_streams(api, args.socket_port)
+    runs = start_streams(api, args.socket_port, kafka=bool(kafka_bootstrap))
 
     if args.no_wait:
         note("not waiting for the streams (--no-wait); `make status` shows them")
@@ -877,7 +967,8 @@ def start(stack: Stack, args: argparse.Namespace) -> int:
                 f"{err}\nAirflow keeps running so you can look at the run in the UI "
                 f"({stack.ui_url}); `make stop` stops everything."
             ) from err
-    print_banner(stack, runs, args.feeder_interval, time.monotonic() - t0, args.socket_port)
+    took = time.monotonic() - t0
+    print_banner(stack, runs, args.feeder_interval, took, args.socket_port, kafka_bootstrap)
     return 0
 
 
@@ -1018,6 +1109,7 @@ def stop(stack: Stack, args: argparse.Namespace) -> int:
     state = load_state(stack)
     procs = stack_processes(stack.home)
     if not procs:
+        stop_kafka(stack)
         stack.state_file.unlink(missing_ok=True)
         print(f"stack in {stack.home}: not running; stopped 0 processes; none left")
         return 0
@@ -1035,6 +1127,7 @@ def stop(stack: Stack, args: argparse.Namespace) -> int:
     say(f"terminating Airflow, its tasks and Spark (SIGTERM; SIGKILL after {TERM_SECONDS:.0f} s)")
     t0 = time.monotonic()
     stopped = stop_processes(stack, state, procs)
+    stop_kafka(stack)  # after the drivers that read from it
     note(f"all ended after {time.monotonic() - t0:.0f} s:")
     counts = collections.Counter(p.label for p in stopped)
     for label, count in sorted(counts.items()):
@@ -1194,6 +1287,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     start_p.add_argument(
         "--no-wait", action="store_true", help="do not wait for the streams' first micro-batch"
+    )
+    start_p.add_argument(
+        "--kafka",
+        action="store_true",
+        help=f"also start a Kafka broker and a third stream, word_count_kafka, on topic "
+        f"{KAFKA_TOPIC} (make demo KAFKA=1)",
     )
     stop_p = sub.add_parser("stop", parents=[common], help="stop every process the stack started")
     stop_p.add_argument(

@@ -334,6 +334,13 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _backlog(stream: dict[str, Any]) -> str:
+    """`N files`, or for a Kafka stream `N records` behind the latest offsets."""
+    if stream.get("records_behind") is not None:
+        return f"{sum(stream['records_behind'].values())} records"
+    return "-" if stream["backlog_files"] is None else f"{stream['backlog_files']} files"
+
+
 def status_table(view: dict[str, Any]) -> str:
     """The overview as a table, then one line per breach and per problem."""
     header = (
@@ -748,10 +755,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _backlog(stream: dict[str, Any]) -> str:
-    """`N files`, or for a Kafka stream `N records` behind the latest offsets."""
-    if stream.get("records_behind") is not None:
-        return f"{sum(stream['records_behind'].values())} records"
-    return "-" if stream["backlog_files"] is None else f"{stream['backlog_files']} files"
