@@ -8,6 +8,7 @@ each sink with an oracle computed in Python from the produced values.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -469,3 +471,61 @@ def test_a_credential_from_the_environment_shows_nowhere(broker: str, tmp_path: 
     for path in (tmp_path / "word_count-ck").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_driver_waits_out_a_broker_outage_and_reads_on_exactly(tmp_path: Path) -> None:
+    """A broker of its own (this test kills it): 60 s of outage under a running word_count."""
+    from tests.conftest import free_port, load_kafka_script
+
+    kafka = load_kafka_script()
+    folder = tmp_path / "broker"
+    bootstrap = kafka.start(folder, free_port())
+    argv = job_argv(tmp_path, "word_count", bootstrap, "outage")
+    driver = None
+    try:
+        # Given a word_count that has read what a topic held
+        create_topic(bootstrap, "outage")
+        rng = random.Random(60)
+        before, after = messages(rng, 150), messages(rng, 150)
+        produce(bootstrap, "outage", before)
+        log = (tmp_path / "driver.log").open("w")
+        driver = subprocess.Popen(
+            job_command("word_count", *argv, "--trigger-interval", "1 second"),
+            cwd=ROOT,
+            env={**os.environ, **JOB_ENV},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        sink = tmp_path / "word_count-sink"
+        wait_until(lambda: sink.exists() and counted(read_sink(sink)) == oracle(before), driver)
+        # When the broker is SIGKILLed for 60 s, then started again on the same folder
+        broker_pid = int((folder / "kafka.pid").read_text())
+        os.killpg(broker_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(1)
+        assert kafka.start(folder, None) == bootstrap
+        produce(bootstrap, "outage", after)
+        # Then the same driver reads on: every record once, nothing lost
+        wait_until(lambda: counted(read_sink(sink)) == oracle(before + after), driver)
+        committed = offsets_per_batch(tmp_path / "word_count-ck", "outage")
+        ranges = sorted(r for batch in committed.values() for r in batch.items())
+        for (p1, (_, end)), (p2, (start, _)) in itertools.pairwise(ranges):
+            assert p1 != p2 or end == start, ranges  # contiguous: no gap, no overlap
+    finally:
+        if driver is not None and driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGTERM)
+            driver.wait(90)
+        kafka.stop(folder)
+
+
+def wait_until(
+    check: Callable[[], bool], driver: subprocess.Popen[bytes], timeout: float = 180
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert driver.poll() is None, f"the driver exited {driver.returncode}"
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        time.sleep(1)
