@@ -75,9 +75,15 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
     )
 
 
+def job_paths(args: argparse.Namespace) -> list[str | None]:
+    """The paths a job reads and writes: its checkpoint, sink and (file source) input."""
+    return [args.checkpoint, args.sink, getattr(args, "input", None)]
+
+
 def jars_for(args: argparse.Namespace) -> list[str]:
-    """Local paths of the jars the source in `args` needs beyond pyspark's own (none but kafka's).
+    """Local paths of the jars the job in `args` needs beyond pyspark's own: the Kafka source's,
+    S3A's for paths on S3.
 
     Raises `jars.JarUnavailable` naming the artifact when one cannot be had.
     """
-    return jars.for_source(args.source)
+    return jars.for_source(args.source, job_paths(args))
