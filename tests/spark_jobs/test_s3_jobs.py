@@ -16,6 +16,7 @@ import random
 import signal
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -59,7 +60,21 @@ def uncommitted_output(s3: S3, job: str) -> bool:
     return bool(written) and max(written) > max(committed, default=-1)
 
 
-def kill_mid_stream(tmp_path: Path, s3: S3, rng: random.Random, aimed: bool) -> int:
+def assert_ui_shows_no_credential(s3: S3, job: str) -> None:
+    """The running driver's Spark UI environment names the endpoint, not the credentials."""
+    status = read_status(s3.uri(f"{job}-ck"))
+    assert status is not None
+    assert status.ui_url is not None
+    api = f"{status.ui_url.rstrip('/')}/api/v1/applications/{status.app_id}"
+    environment = urllib.request.urlopen(f"{api}/environment", timeout=30).read().decode()
+    assert s3.env["AWS_ENDPOINT_URL"] in environment  # S3A's settings are there
+    assert s3.env["AWS_SECRET_ACCESS_KEY"] not in environment
+    assert s3.env["AWS_ACCESS_KEY_ID"] not in environment
+
+
+def kill_mid_stream(
+    tmp_path: Path, s3: S3, rng: random.Random, aimed: bool, check_ui: bool = False
+) -> int:
     """Start both jobs, wait until both make progress, then SIGKILL them (aimed: between a
     sink write and its commit). Returns how many kills landed so."""
     before = {job: last_batch(s3, job) for job in JOBS}
@@ -79,6 +94,9 @@ def kill_mid_stream(tmp_path: Path, s3: S3, rng: random.Random, aimed: bool) -> 
             assert time.monotonic() < deadline, "the jobs made no progress in 180 s"
             assert all(p.poll() is None for p in procs.values()), "a job exited on its own"
             time.sleep(0.2)
+        if check_ui:
+            for job in JOBS:
+                assert_ui_shows_no_credential(s3, job)
         if not aimed:
             time.sleep(rng.uniform(0.0, 1.5))
         pending = list(JOBS)
@@ -127,7 +145,7 @@ def test_both_jobs_on_s3_stay_exact_through_repeated_sigkills(s3: S3, tmp_path: 
             files += 1
             mtime += 1
             drop_file(tmp_path / "in", f"{files:04d}.txt", text, mtime=mtime)
-        aimed_kills += kill_mid_stream(tmp_path, s3, rng, aimed=round_ > 0)
+        aimed_kills += kill_mid_stream(tmp_path, s3, rng, aimed=round_ > 0, check_ui=round_ == 0)
         round_ += 1
     assert aimed_kills >= 1, "no kill landed between a sink write and its commit"
 
@@ -174,7 +192,8 @@ def test_both_jobs_on_s3_stay_exact_through_repeated_sigkills(s3: S3, tmp_path: 
         assert not Location.of(s3.uri(f"{job}-ck", "_streamops", "lease.json")).exists()
         names = [i.base_name for i in Location.of(s3.uri(f"{job}-sink")).list()]
         assert not [n for n in names if n.startswith(".")], job
-    # And the credentials are in no log, status or checkpoint file the jobs wrote
+    # And the credentials are in no log or checkpoint file (nor, while they ran, in the Spark
+    # UI's environment of either driver)
     secret = s3.env["AWS_SECRET_ACCESS_KEY"]
     for job in JOBS:
         assert secret not in (tmp_path / f"{job}.log").read_text()

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -162,6 +163,29 @@ def test_a_renewal_after_a_takeover_fails_and_the_release_keeps_the_new_holders(
     assert not lease.renew()
     lease.release()
     assert read_lease(lease.lease_file) == thief
+
+
+def test_a_driver_whose_lease_was_taken_over_fences_itself(s3: S3) -> None:
+    # Given a driver that took the lease, then froze for longer than the TTL (no renewal)
+    uri = s3.uri("ck", "lease.json")
+    frozen = Lease(Location.of(uri), "word_count", "frozen", ttl_seconds=1.0)
+    frozen.acquire()
+    time.sleep(1.2)
+    # When another driver starts: it takes the lease over (not renewed within the TTL)
+    successor = Lease(Location.of(uri), "word_count", "successor", ttl_seconds=1.0)
+    successor.acquire()
+    # Then the frozen one's first renewal fails and reports the successor
+    lost: list[LeaseHolder | None] = []
+    happened = threading.Event()
+    frozen.start_renewing(lambda holder: (lost.append(holder), happened.set()))
+    assert happened.wait(5)
+    assert lost[0] is not None
+    assert lost[0].token == successor.token
+    # And its release leaves the successor's lease alone
+    frozen.release()
+    assert read_lease(Location.of(uri)).token == successor.token  # type: ignore[union-attr]
+    successor.release()
+    assert read_lease(Location.of(uri)) is None
 
 
 def test_a_second_driver_on_an_s3_checkpoint_exits_2_naming_the_holder(
