@@ -1,4 +1,5 @@
-"""The spark-submit command of a stream: the Kafka source's jars go in `--jars`, for it alone."""
+"""The spark-submit command of a stream: the Kafka source's jars and, for paths on S3, S3A's go in
+`--jars`, for them alone."""
 
 from __future__ import annotations
 
@@ -43,3 +44,13 @@ def test_a_kafka_stream_is_submitted_with_the_pinned_connector_jars(
 def test_a_file_stream_gets_no_jars(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = StreamSpec(stream="wc", job="word_count", input="i", sink="s", checkpoint="c")
     assert "--jars" not in submit_command(spec, monkeypatch)
+
+
+def test_a_stream_on_s3_is_submitted_with_the_s3a_jars(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = StreamSpec(
+        stream="wc", job="word_count", input="i", sink="s3a://b/s", checkpoint="s3a://b/c"
+    )
+    command = submit_command(spec, monkeypatch)
+    paths = command[command.index("--jars") + 1].split(",")
+    assert paths == [str(path) for path in jars.resolve(jars.S3A)]
+    assert "hadoop-aws-3.5.0.jar" in {Path(p).name for p in paths}
