@@ -47,6 +47,11 @@ PID_FILE = "weed.pid"
 CONFIG_FILE = "s3.json"
 LOG_FILE = "weed.log"
 PORT_FILE = "s3.port"
+# What weed mini logs once all its servers run, and when one cannot have its port: at its start
+# (each port checked) or when a server binds it later (taken in between).
+ALL_READY = "All enabled components are running"
+PORT_IN_USE = ("Port allocation failed", "address already in use")
+START_ATTEMPTS = 3
 # S3's rules for a bucket name (SeaweedFS applies them): 3-63 lower-case letters, digits, dots and
 # hyphens, starting and ending with a letter or digit.
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -226,6 +231,22 @@ def start(root: Path, port: int | None, bucket: str) -> dict[str, str]:
     folder.data.mkdir(parents=True, exist_ok=True)
     folder.credentials()
     (folder.root / PORT_FILE).write_text(f"{port}\n")
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start_once(folder, weed, port, bucket)
+        except PortTaken as taken:
+            if attempt == START_ATTEMPTS:
+                raise ServerError(
+                    f"{taken}, {START_ATTEMPTS} times with other free ports; see {folder.log}"
+                ) from taken
+    raise AssertionError("unreachable")
+
+
+class PortTaken(Exception):
+    """One of the server's ports was taken between the check that it was free and its bind."""
+
+
+def _start_once(folder: ServerFolder, weed: Path, port: int, bucket: str) -> dict[str, str]:
     ports = dict(zip(OTHER_PORTS, _free_ports(len(OTHER_PORTS)), strict=True))
     command = [
         str(weed),
@@ -243,6 +264,7 @@ def start(root: Path, port: int | None, bucket: str) -> dict[str, str]:
         "-admin.ui=false",
         f"-s3.localSocket={folder.root / 's3.sock'}",
     ]
+    offset = folder.log.stat().st_size if folder.log.exists() else 0
     with folder.log.open("ab") as log:
         process = subprocess.Popen(
             command,
@@ -255,8 +277,27 @@ def start(root: Path, port: int | None, bucket: str) -> dict[str, str]:
     folder.pid_file.write_text(f"{process.pid}\n")
     settings = client_settings(folder)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while not _bucket_ready(settings, bucket):
-        if process.poll() is not None:
+
+    def this_start() -> str:
+        with folder.log.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+    # Ready: S3 answers with the bucket, and every part of it is up (weed mini ends itself when
+    # one of them, e.g. the admin server it always starts, cannot bind its port).
+    while not (ALL_READY in this_start() and _bucket_ready(settings, bucket)):
+        exited = process.poll() is not None  # before reading the log: it is complete then
+        failed = [x.strip() for x in this_start().splitlines() if any(m in x for m in PORT_IN_USE)]
+        if failed:
+            stop(folder.root, now=True)
+            process.wait(timeout=STOP_GRACE_SECONDS)
+            if any(f"{HOST}:{port}:" in x or "flag s3.port)" in x for x in failed):
+                raise ServerError(
+                    f"--port {port}: another process listens on {HOST}:{port}; pick a free "
+                    f"port ({failed[0]})"
+                )
+            raise PortTaken(f"the S3 server could not bind a port ({failed[0]})")
+        if exited:
             folder.pid_file.unlink(missing_ok=True)
             raise ServerError(
                 f"the S3 server exited with code {process.returncode} before answering on "

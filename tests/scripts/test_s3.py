@@ -92,3 +92,22 @@ def test_a_bad_bucket_name_is_refused_before_anything_starts(tmp_path: Path) -> 
     assert done.returncode == 1
     assert done.stderr.startswith("s3: error: --bucket 'B': a bucket name has 3 to 63")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_port_in_use_is_named(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*SCRIPT, "start", "--port", str(port), "--dir", str(tmp_path), "--bucket", "bkt"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"s3: error: --port {port}: another process listens on 127.0.0.1:{port}" in done.stderr
+    assert not load_script("s3").is_running(load_script("s3").ServerFolder(tmp_path.resolve()))
