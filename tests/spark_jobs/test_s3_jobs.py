@@ -33,7 +33,8 @@ from tests.spark_jobs.test_exactly_once import JOBS, files_per_batch, make_text
 pytestmark = [pytest.mark.spark, pytest.mark.slow, S3_SERVER]
 
 ROUNDS = 2
-FILES_PER_ROUND = 3
+FILES_PER_ROUND = 5
+AIM_SECONDS = 30.0
 
 
 def job_argv(tmp_path: Path, s3: S3, job: str) -> list[str]:
@@ -99,13 +100,16 @@ def kill_mid_stream(
                 assert_ui_shows_no_credential(s3, job)
         if not aimed:
             time.sleep(rng.uniform(0.0, 1.5))
+        # A job that has read all its input has no window left: aim for AIM_SECONDS at most
         pending = list(JOBS)
-        while aimed and pending and time.monotonic() < deadline:
+        aim_deadline = time.monotonic() + AIM_SECONDS
+        while aimed and pending and time.monotonic() < aim_deadline:
             for job in list(pending):
                 if uncommitted_output(s3, job):
                     os.killpg(procs[job].pid, signal.SIGKILL)
                     aimed_kills += uncommitted_output(s3, job)
                     pending.remove(job)
+            time.sleep(0.005)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -154,14 +158,12 @@ def test_both_jobs_on_s3_stay_exact_through_repeated_sigkills(s3: S3, tmp_path: 
         job: subprocess.Popen(
             job_command(job, *job_argv(tmp_path, s3, job), "--available-now"),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=(tmp_path / f"{job}.log").open("ab"),
         )
         for job in JOBS
     }
-    for proc in finishing.values():
-        _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr[-3000:]
+    for job, proc in finishing.items():
+        assert proc.wait(timeout=300) == 0, (tmp_path / f"{job}.log").read_text()[-3000:]
 
     # Then every input file was read by exactly one committed batch of each job
     words_of = {p.name: Counter(p.read_text().split()) for p in (tmp_path / "in").glob("*.txt")}
