@@ -35,13 +35,15 @@ the api-server may import this module.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -198,6 +200,8 @@ class Lease:
         self._mode: str | None = None  # "local", "conditional" or "timed", found at `acquire`
         # A renewal and the release never overlap: the release must name the last ETag.
         self._writing = threading.Lock()
+        #: The gone holder whose lease `acquire` took over (None: it was free).
+        self.taken_over_from: LeaseHolder | None = None
 
     def _choose_mode(self) -> str:
         if self._mode is not None:
@@ -260,6 +264,7 @@ class Lease:
         return holder is not None and holder.token == self.token
 
     def _acquire_conditional(self, lease: ConditionalObject) -> None:
+        unreadable: str | None = None  # the ETag of an object last read as no lease
         for _ in range(5):
             if (etag := lease.create(self._data())) is not None:
                 self._etag = etag
@@ -268,12 +273,18 @@ class Lease:
             if current is None:
                 continue  # given back in between: create it again
             holder = _parse(current.data)
+            if holder is UNREADABLE and unreadable != current.etag:
+                # An S3 object is never half-written, but a server may answer a read with part
+                # of an object being written: read it again before taking it for garbage.
+                unreadable = current.etag
+                continue
             if not holder.is_gone(self.ttl_seconds):
                 raise LeaseHeld(holder, self.lease_file)
             # Of the racers that read the same gone holder, one replaces it; the rest read anew
             # and find the winner live.
             if (etag := lease.replace(self._data(), current.etag)) is not None:
                 self._etag = etag
+                self.taken_over_from = holder
                 return
         raise LeaseHeld(self.read() or UNREADABLE, self.lease_file)
 
@@ -295,6 +306,9 @@ class Lease:
                 continue
             if not holder.is_gone(self.ttl_seconds):
                 raise LeaseHeld(holder, self.lease_file)
+            if isinstance(self.lease_file.filesystem, pafs.LocalFileSystem):
+                self._remove_if_still(holder)
+                continue
             # Move the dead holder's lease aside: of two processes taking over, one move wins.
             aside = Location(
                 self.lease_file.filesystem, f"{self.lease_file.path}.gone-{self.token}"
@@ -306,6 +320,28 @@ class Lease:
                 continue
         raise LeaseHeld(self.read() or UNREADABLE, self.lease_file)
 
+    @contextlib.contextmanager
+    def _local_lock(self) -> Iterator[None]:
+        """Hold `<lease>.lock` (an exclusive `flock`, local and NFS filesystems): takeovers and
+        renewals happen one at a time, each on the lease it has just read."""
+        os.makedirs(os.path.dirname(self.lease_file.path), exist_ok=True)
+        with open(f"{self.lease_file.path}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _remove_if_still(self, gone: LeaseHolder) -> None:
+        # Another driver may have taken the lease over since it was read as gone: remove it only
+        # if it is still the one read, under the lock that the others' takeovers and renewals
+        # take too. A new lease is then created with O_EXCL, so of two takers one wins.
+        with self._local_lock():
+            now = read_lease(self.lease_file)
+            if now is not None and now.token == gone.token and now.renewed == gone.renewed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.lease_file.path)
+
     def renew(self) -> bool:
         """Write a fresh renewal time. False (and nothing written) when the lease was taken over."""
         if self._mode == "conditional" and self._object is not None:
@@ -316,6 +352,14 @@ class Lease:
                 if etag is None:
                     return False
                 self._etag = etag
+                return True
+        if isinstance(self.lease_file.filesystem, pafs.LocalFileSystem):
+            # Under the takeovers' lock: none removes the lease between this read and write.
+            with self._local_lock():
+                holder = read_lease(self.lease_file)
+                if holder is None or holder.token != self.token:
+                    return False
+                self.lease_file.write_text_atomic(json.dumps(asdict(self._holder())))
                 return True
         holder = self.read()
         if holder is None or holder.token != self.token:

@@ -5,7 +5,8 @@ environment): at each round's start signal, try to take that round's lease, and 
 
 For each URI in turn it prints `ready`, waits for one line on its standard input (the start
 signal, sent to every racer at once), tries to take the lease there and prints the outcome as
-JSON: `{"won": its token or null, "holder": the token its refusal named or null}`.
+JSON: `{"won": its token or null, "holder": the token its refusal named or null, "took_over":
+the token of the gone holder it took the lease from, or null}`.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ def main(uris: list[str]) -> int:
         print("ready", flush=True)
         if not sys.stdin.readline():
             return 1
-        outcome: dict[str, str | None] = {"won": None, "holder": None}
+        outcome: dict[str, str | None] = {"won": None, "holder": None, "took_over": None}
         try:
             lease.acquire()
             outcome["won"] = lease.token
+            if lease.taken_over_from is not None:
+                outcome["took_over"] = lease.taken_over_from.token
         except LeaseHeld as held:
             outcome["holder"] = held.holder.token
         print(json.dumps(outcome), flush=True)

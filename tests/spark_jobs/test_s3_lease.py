@@ -43,9 +43,10 @@ def lease_at(uri: str, owner: str) -> Lease:
     return Lease(Location.of(uri), "word_count", owner)
 
 
-def run_racers(count: int, uris: list[str], logs: Path) -> list[tuple[int, int, Any, Any]]:
+def run_racers(count: int, uris: list[str], logs: Path) -> list[tuple[int, int, Any, Any, Any]]:
     """Start `count` racing processes (`lease_racer`) over the leases `uris`, each round started
-    by one signal once all are ready; `(round, racer, token won, token named)` of every try."""
+    by one signal once all are ready; `(round, racer, token won, token named, token taken over)`
+    of every try."""
     logs.mkdir()
     racers = [
         subprocess.Popen(
@@ -72,7 +73,9 @@ def run_racers(count: int, uris: list[str], logs: Path) -> list[tuple[int, int, 
             for i, racer in enumerate(racers):
                 assert racer.stdout is not None
                 outcome = json.loads(racer.stdout.readline())
-                outcomes.append((round_, i, outcome["won"], outcome["holder"]))
+                outcomes.append(
+                    (round_, i, outcome["won"], outcome["holder"], outcome["took_over"])
+                )
     finally:
         for racer in racers:
             if racer.poll() is None:
@@ -126,12 +129,14 @@ def test_eight_processes_racing_for_a_free_lease_leave_one_holder_each_round(
     for round_, uri in enumerate(uris):
         mine = [o for o in outcomes if o[0] == round_]
         assert len(mine) == RACERS
-        winners = [token for _, _, token, _ in mine if token is not None]
+        winners = [token for _, _, token, _, _ in mine if token is not None]
         assert len(winners) == 1, (round_, mine)
         holder = read_lease(Location.of(uri))
         assert holder is not None
         assert holder.token == winners[0]
-        assert {named for _, _, token, named in mine if token is None} == {winners[0]}
+        assert {named for _, _, token, named, _ in mine if token is None} == {winners[0]}
+        # And it was created, not taken over from a holder read as gone
+        assert [taken for *_, taken in mine] == [None] * RACERS, (round_, mine)
 
 
 def test_a_stale_lease_taken_over_by_four_racers_has_one_winner(s3: S3, tmp_path: Path) -> None:
@@ -146,10 +151,11 @@ def test_a_stale_lease_taken_over_by_four_racers_has_one_winner(s3: S3, tmp_path
     # Then one wins, and the others are refused naming the winner, not the stale holder
     for round_, uri in enumerate(uris):
         mine = [o for o in outcomes if o[0] == round_]
-        winners = [token for _, _, token, _ in mine if token is not None]
+        winners = [token for _, _, token, _, _ in mine if token is not None]
         assert len(winners) == 1, (round_, mine)
         assert read_lease(Location.of(uri)).token == winners[0]  # type: ignore[union-attr]
-        assert {named for _, _, token, named in mine if token is None} == {winners[0]}
+        assert {named for _, _, token, named, _ in mine if token is None} == {winners[0]}
+        assert [taken for _, _, token, _, taken in mine if token is not None] == ["stale"]
 
 
 def test_a_renewal_after_a_takeover_fails_and_the_release_keeps_the_new_holders(s3: S3) -> None:
