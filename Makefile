@@ -13,9 +13,9 @@ $(SYNCED): pyproject.toml uv.lock scripts/bootstrap.sh
 	@scripts/bootstrap.sh
 	@touch $@
 
-# The pinned jars (spark_jobs/jars.lock): Spark's Kafka source and the Kafka broker, downloaded
+# The pinned jars (spark_jobs/jars.lock): Spark's Kafka source, the Kafka broker and S3A, downloaded
 # once into .cache/jars/ and verified by checksum on every run (a second run downloads nothing).
-jars: $(SYNCED)  ## download and verify the pinned jars (Spark's Kafka source, the Kafka broker)
+jars: $(SYNCED)  ## download and verify the pinned jars (Spark's Kafka source, the Kafka broker, S3A)
 	@$(BIN)/python -m spark_jobs.jars fetch
 
 # `make demo KAFKA=1` adds a Kafka broker and a third stream, word_count_kafka, on topic lines.

@@ -1,7 +1,8 @@
 """The jars streamops needs beyond pyspark's own, pinned in `jars.lock` and cached locally.
 
 Each set of jars (`spark-kafka`: Spark's Kafka source; `kafka-broker`: the Apache Kafka broker of
-the tests and the demo) is listed in `jars.lock` with its version and SHA-256. `resolve(SET)`
+the tests and the demo; `s3a`: Hadoop's S3A connector and the AWS SDK modules it uses) is listed
+in `jars.lock` with its version and SHA-256. `resolve(SET)`
 downloads a missing jar once from Maven Central (or the mirror that the machine's Maven settings
 name for it) into the cache folder (`.cache/jars/` of the repository, or `$STREAMOPS_JAR_CACHE`),
 checks its checksum, and from then on uses the file as it is. `make` runs
@@ -31,6 +32,11 @@ REPOSITORY_ENV = "STREAMOPS_MAVEN_REPOSITORY"
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
 SPARK_KAFKA = "spark-kafka"
 KAFKA_BROKER = "kafka-broker"
+S3A = "s3a"
+#: The Maven project each set is resolved from, for the sets `lock` regenerates.
+POMS = {S3A: Path(__file__).resolve().parent / "maven" / "s3a.pom.xml"}
+#: URI schemes that Spark reads through S3A (`s3://` is mapped to it, see `session.py`).
+S3A_SCHEMES = ("s3", "s3a")
 DOWNLOAD_TIMEOUT_SECONDS = 120.0
 _CHUNK = 1 << 20
 
@@ -223,12 +229,72 @@ def spark_kafka_jars() -> list[str]:
     return [str(path) for path in resolve(SPARK_KAFKA)]
 
 
-def for_source(source: str) -> list[str]:
-    """Local paths of the jars a job's `--source` needs beyond pyspark's own (only kafka's).
+def needs_s3a(paths: Iterable[str | None]) -> bool:
+    """Whether any of `paths` is an S3 URI, which Spark reads through S3A."""
+    return any(p.split("://", 1)[0].lower() in S3A_SCHEMES for p in paths if p and "://" in p)
+
+
+def for_source(source: str, paths: Iterable[str | None] = ()) -> list[str]:
+    """Local paths of the jars a job needs beyond pyspark's own: the Kafka source's for
+    `--source kafka`, S3A's when one of `paths` (checkpoint, sink, input) is an S3 URI.
 
     Raises `JarUnavailable` naming the artifact when one cannot be had.
     """
-    return spark_kafka_jars() if source == "kafka" else []
+    found = spark_kafka_jars() if source == "kafka" else []
+    if needs_s3a(paths):
+        found += [str(path) for path in resolve(S3A)]
+    return found
+
+
+def lock_lines(jar_set: str, repository_layout: Path) -> list[str]:
+    """`jars.lock` lines for every jar below a folder in Maven's repository layout."""
+    lines = []
+    for path in sorted(repository_layout.rglob("*.jar")):
+        *group, artifact, version, _ = path.relative_to(repository_layout).parts
+        coordinate = f"{'.'.join(group)}:{artifact}:{version}"
+        lines.append(f"{jar_set} {coordinate} {sha256_of(path)} {path.stat().st_size}")
+    return sorted(lines, key=lambda line: line.split()[1])
+
+
+def relock(jar_set: str, lock_file: Path = LOCK_FILE) -> list[str]:
+    """Resolve `jar_set` again from its pom with Maven, and rewrite its lines in `lock_file`.
+
+    Runs `mvn dependency:copy-dependencies` (runtime scope) into a temporary folder; the other
+    sets' lines and the comments are kept.
+    """
+    import subprocess
+    import tempfile
+
+    if jar_set not in POMS:
+        raise JarUnavailable(f"the set {jar_set!r} has no pom to resolve it from ({sorted(POMS)})")
+    with tempfile.TemporaryDirectory(prefix="streamops-jars-") as out:
+        done = subprocess.run(
+            [
+                "mvn",
+                "-q",
+                "-f",
+                str(POMS[jar_set]),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                "-Dmdep.useRepositoryLayout=true",
+                f"-DoutputDirectory={out}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise JarUnavailable(
+                f"mvn could not resolve {POMS[jar_set]}: {(done.stdout + done.stderr).strip()}"
+            )
+        lines = lock_lines(jar_set, Path(out))
+    kept = [
+        raw
+        for raw in lock_file.read_text().splitlines()
+        if raw.split("#", 1)[0].split()[:1] != [jar_set]
+    ]
+    lock_file.write_text("\n".join([*kept, *lines]) + "\n")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,8 +302,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spark_jobs.jars", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     fetch_cmd = commands.add_parser("fetch", help="download and verify the pinned jars")
-    fetch_cmd.add_argument("sets", nargs="*", default=[SPARK_KAFKA, KAFKA_BROKER], metavar="SET")
+    fetch_cmd.add_argument(
+        "sets", nargs="*", default=[SPARK_KAFKA, KAFKA_BROKER, S3A], metavar="SET"
+    )
+    lock_cmd = commands.add_parser(
+        "lock", help="resolve a set again from its pom with mvn and rewrite its lines in jars.lock"
+    )
+    lock_cmd.add_argument("set", choices=sorted(POMS), metavar="SET")
     args = parser.parse_args(argv)
+    if args.command == "lock":
+        try:
+            lines = relock(args.set)
+        except JarUnavailable as err:
+            sys.stderr.write(f"jars: error: {err}\n")
+            return 1
+        print(f"jars: {len(lines)} jars of {args.set} locked in {LOCK_FILE}")
+        return 0
     downloads: list[str] = []
 
     def counting_download(url: str, dest: Path) -> None:

@@ -21,13 +21,13 @@ from pyspark.sql.streaming.query import StreamingQuery
 
 from spark_jobs.checkpoints import CheckpointCorrupt
 from spark_jobs.checkpoints import validate as validate_checkpoint
-from spark_jobs.jars import JarUnavailable
+from spark_jobs.jars import JarUnavailable, needs_s3a
 from spark_jobs.layout import CheckpointLayout, Generation
-from spark_jobs.lease import Lease, LeaseHeld, LeaseHolder
+from spark_jobs.lease import Lease, LeaseHeld, LeaseHolder, LeaseUnsupported
 from spark_jobs.listener import StatusListener
-from spark_jobs.session import build_session, checkpoint_conf, ui_url
+from spark_jobs.session import build_session, checkpoint_conf, s3a_conf, ui_url
 from spark_jobs.sinks import ParquetBatchSink, batch_time_of, format_batch, with_batch_columns
-from spark_jobs.sources import jars_for, read_lines
+from spark_jobs.sources import jars_for, job_paths, read_lines
 from spark_jobs.status import StreamStatus
 from spark_jobs.storage import Location
 
@@ -317,7 +317,8 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    for quiet in ("py4j", "botocore", "boto3"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
     if not_a_folder := file_in_place_of_a_folder(args):
         sys.stderr.write(f"{spec.name}: error: {not_a_folder}\n")
         return EXIT_REFUSED
@@ -328,7 +329,7 @@ def run(spec: JobSpec, args: argparse.Namespace) -> int:
     lease = Lease(layout.lease_file, args.stream, args.owner, spec_version=version)
     try:
         lease.acquire()
-    except LeaseHeld as held:
+    except (LeaseHeld, LeaseUnsupported) as held:
         sys.stderr.write(f"{spec.name}: error: --checkpoint {args.checkpoint}: {held}\n")
         return EXIT_REFUSED
     lost: list[LeaseHolder | None] = []
@@ -359,7 +360,8 @@ def _run_leased(
     except JarUnavailable as missing:
         sys.stderr.write(f"{spec.name}: error: {missing}\n")
         return EXIT_REFUSED
-    spark = build_session(f"streamops-{spec.name}", jars)
+    conf = s3a_conf() if needs_s3a(job_paths(args)) else {}
+    spark = build_session(f"streamops-{spec.name}", jars, conf)
     stop.install()  # again: the SparkContext replaced the SIGINT handler
     try:
         job = start(spark, spec, args)

@@ -168,8 +168,45 @@ def checkpoint_conf(spark: SparkSession, checkpoint: str) -> dict[str, str]:
     return {}
 
 
-def build_session(app_name: str, jars: Sequence[str] = ()) -> SparkSession:
+S3A_FILESYSTEM = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+# The AWS SDK's own default chain: the standard variables, the shared config and credentials
+# files (`AWS_PROFILE`), web identity, the container and instance roles; the same as boto3's.
+AWS_DEFAULT_CREDENTIALS = "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+DEFAULT_S3_REGION = "us-east-1"
+
+
+def s3a_conf(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Session settings for checkpoints and sinks on `s3a://` (and `s3://`) URIs.
+
+    Credentials never enter Spark's configuration (nor argv, the logs or the UI): S3A takes them
+    from the AWS SDK's default chain, in the driver's and executors' environment. Only where to
+    reach the store goes into the configuration: `$AWS_ENDPOINT_URL` (an S3-compatible server,
+    reached by path-style requests) and the region (`$AWS_REGION`, `$AWS_DEFAULT_REGION`). An
+    `s3://` URI is read through S3A too, so that one URI means the same objects to Spark and to
+    pyarrow (`storage.py`).
+    """
+    env = os.environ if environ is None else environ
+    conf = {
+        "spark.hadoop.fs.s3.impl": S3A_FILESYSTEM,
+        "spark.hadoop.fs.s3a.aws.credentials.provider": AWS_DEFAULT_CREDENTIALS,
+    }
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if endpoint := env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"):
+        conf["spark.hadoop.fs.s3a.endpoint"] = endpoint
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        region = region or DEFAULT_S3_REGION
+    if region:
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = region
+    return conf
+
+
+def build_session(
+    app_name: str, jars: Sequence[str] = (), conf: Mapping[str, str] | None = None
+) -> SparkSession:
     """A session with the settings the jobs rely on, and `jars` (local paths) on its classpath.
+
+    `conf` adds settings (`s3a_conf` for a job on S3); one that spark-submit's `--conf` set
+    already is kept.
 
     Per-query settings (shuffle partitions, state store) are set by `runner.start`.
 
@@ -185,7 +222,12 @@ def build_session(app_name: str, jars: Sequence[str] = ()) -> SparkSession:
     # runs, with the environment its launcher gave it.
     os.environ.update(driver_environment())
     builder = SparkSession.builder.appName(app_name)
-    for key, value in {**DRIVER_CONF, **_ui_port_conf(jars)}.items():
+    ui = _ui_port_conf(jars)
+    from pyspark import SparkConf
+
+    submitted = SparkConf()  # spark-submit's --conf and spark-defaults, once the JVM runs
+    extra = {k: v for k, v in (conf or {}).items() if not submitted.contains(k)}
+    for key, value in {**DRIVER_CONF, **extra, **ui}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -88,13 +88,19 @@ def starting_offsets(args: argparse.Namespace) -> str:
     return str(args.kafka_starting_offsets)
 
 
+def job_paths(args: argparse.Namespace) -> list[str | None]:
+    """The paths a job reads and writes: its checkpoint, sink and (file source) input."""
+    return [args.checkpoint, args.sink, getattr(args, "input", None)]
+
+
 def jars_for(args: argparse.Namespace) -> list[str]:
-    """Local paths of the jars the source in `args` needs beyond pyspark's own (none but kafka's),
-    for the JVM that `python -m spark_jobs.<job>` launches. A driver started by spark-submit
-    (the stream DAGs', with the jars in its `--jars`) finds its JVM running: none.
+    """Local paths of the jars the job in `args` needs beyond pyspark's own (the Kafka source's,
+    S3A's for paths on S3), for the JVM that `python -m spark_jobs.<job>` launches. A driver
+    started by spark-submit (the stream DAGs', with the jars in its `--jars`) finds its JVM
+    running: none.
 
     Raises `jars.JarUnavailable` naming the artifact when one cannot be had.
     """
     if os.environ.get(SPARK_SUBMIT_GATEWAY_ENV):
         return []
-    return jars.for_source(args.source)
+    return jars.for_source(args.source, job_paths(args))

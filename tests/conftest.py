@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -58,6 +59,9 @@ if TYPE_CHECKING:
 
 #: The mark of the tests that start all of Airflow's components and streams under them.
 AIRFLOW_STACK = pytest.mark.xdist_group("airflow_stack")
+#: The mark of the tests that use the S3 server (`s3_server`): one server per worker, and one
+#: worker for them all.
+S3_SERVER = pytest.mark.xdist_group("s3_server")
 
 # The tests that wait longest on real processes start first, so that the quick ones fill the
 # workers' gaps at the end instead of a long test starting last (`--no-loadscope-reorder` keeps
@@ -168,6 +172,54 @@ def run_available_now(spark: SparkSession, job: ModuleType, argv: list[str]) -> 
                 break
             time.sleep(0.1)
         spark.streams.removeListener(started.listener)
+
+
+def load_script(name: str) -> ModuleType:
+    """`scripts/<name>.py` as a module (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class S3:
+    """The tests' S3 server: the settings a client needs, a bucket, and a prefix of one test's
+    own in it."""
+
+    env: dict[str, str]
+    bucket: str
+    prefix: str = ""
+
+    def uri(self, *parts: str) -> str:
+        """`s3a://<bucket>/<prefix>/<parts>`, as a job's argument."""
+        return "s3a://" + "/".join([self.bucket, *filter(None, [self.prefix]), *parts])
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """An S3-compatible server (`scripts/s3.py`) on a free port, one per worker for the tests
+    marked `S3_SERVER`; stopped by its pid at the end."""
+    script = load_script("s3")
+    folder = tmp_path_factory.mktemp("s3-server")
+    env = script.start(folder, free_port(), "streamops-tests")
+    try:
+        yield S3(env, "streamops-tests")
+    finally:
+        assert script.stop(folder), "the S3 server was not running at the end"
+
+
+@pytest.fixture
+def s3(s3_server: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """The S3 server's settings in this process's environment, and a prefix of this test's."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return S3(s3_server.env, s3_server.bucket, prefix=tmp_path.name)
 
 
 def job_command(job: str, *argv: str) -> list[str]:

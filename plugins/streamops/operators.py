@@ -337,10 +337,12 @@ class StreamSubmitOperator(SparkSubmitOperator):
             self.application_args += client.application_args()
             self._driver_secrets = dict(client.secrets)
         self.py_files = str(build_py_files(Path(tempfile.mkdtemp(prefix="streamops-"))))
-        # The jars the source needs beyond pyspark's (the Kafka source's), as spark-submit's
-        # --jars: local paths from the pinned cache, which spark-submit ships to the cluster.
+        # The jars the stream needs beyond pyspark's (the Kafka source's, S3A's for paths on
+        # S3), as spark-submit's --jars: local paths from the pinned cache, which spark-submit
+        # ships to the cluster.
+        paths = [spec.checkpoint, spec.sink, spec.input]
         try:
-            self.jars = ",".join(jars.for_source(spec.source)) or None
+            self.jars = ",".join(jars.for_source(spec.source, paths)) or None
         except jars.JarUnavailable as err:
             raise AirflowFailException(f"stream {spec.stream}: {err}") from err
         env = dict(self.env_vars or {})

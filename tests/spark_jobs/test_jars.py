@@ -60,10 +60,41 @@ def test_the_lock_pins_the_connector_for_the_locked_pyspark() -> None:
         assert jar.size > 0
 
 
+def test_the_s3a_set_matches_the_bundled_hadoop_without_the_sdk_bundle() -> None:
+    import pyspark
+
+    # Given the Hadoop client jars that the installed pyspark ships
+    bundled = Path(pyspark.__file__).parent / "jars"
+    hadoop = {
+        p.name.removeprefix("hadoop-client-api-") for p in bundled.glob("hadoop-client-api-*")
+    }
+    assert len(hadoop) == 1
+    version = hadoop.pop().removesuffix(".jar")
+    pinned = jars.locked(jars.S3A)
+    coordinates = {jar.coordinate for jar in pinned}
+    # Then S3A is pinned at that version, with the SDK's modules and not its bundle of every
+    # service, and no jar that pyspark ships already (another version on one classpath)
+    assert f"org.apache.hadoop:hadoop-aws:{version}" in coordinates
+    assert "software.amazon.awssdk:s3:2.35.4" in coordinates
+    assert not any(jar.artifact == "bundle" for jar in pinned)
+    shipped = {re.sub(r"-\d[^-]*(\.Final)?\.jar$", "", p.name) for p in bundled.glob("*.jar")}
+    assert {jar.artifact for jar in pinned} & shipped == set()
+    assert sum(jar.size for jar in pinned) < 20_000_000
+
+
+def test_jobs_get_the_s3a_jars_for_paths_on_s3_only() -> None:
+    s3a = {str(path) for path in jars.resolve(jars.S3A)}
+    assert jars.for_source("file", ["/data/ck", "/data/sink", "/data/in"]) == []
+    assert set(jars.for_source("file", ["s3a://b/ck", "/data/sink", None])) == s3a
+    assert set(jars.for_source("rate", ["/data/ck", "S3://b/sink"])) == s3a
+    kafka_and_s3a = jars.for_source("kafka", ["s3a://b/ck", "s3a://b/sink"])
+    assert set(kafka_and_s3a) == s3a | set(jars.spark_kafka_jars())
+
+
 def test_the_set_up_fetched_every_pinned_jar_and_a_resolve_downloads_nothing() -> None:
     # `make` fetched them (`make jars`); resolving again checks each file and downloads nothing.
     downloads: list[str] = []
-    for jar_set in (jars.SPARK_KAFKA, jars.KAFKA_BROKER):
+    for jar_set in (jars.SPARK_KAFKA, jars.KAFKA_BROKER, jars.S3A):
         paths = jars.resolve(jar_set, downloader=lambda url, dest: downloads.append(url))
         for jar, path in zip(jars.locked(jar_set), paths, strict=True):
             assert path.stat().st_size == jar.size
@@ -198,3 +229,17 @@ def test_a_mirror_in_the_maven_settings_is_used(
     assert jars.maven_repository([tmp_path / "absent.xml"]) == jars.MAVEN_CENTRAL
     monkeypatch.setenv(jars.REPOSITORY_ENV, "https://env.example/m2/")
     assert jars.maven_repository([settings]) == "https://env.example/m2"
+
+
+def test_lock_lines_name_each_jar_of_a_maven_repository_layout(tmp_path: Path) -> None:
+    # Given the folder `mvn dependency:copy-dependencies -Dmdep.useRepositoryLayout` writes
+    jar = tmp_path / "software/amazon/awssdk/s3/2.35.4/s3-2.35.4.jar"
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"s3")
+    # Then its line pins the coordinate, checksum and size, as `locked` reads them back
+    lines = jars.lock_lines("s3a", tmp_path)
+    digest = hashlib.sha256(b"s3").hexdigest()
+    assert lines == [f"s3a software.amazon.awssdk:s3:2.35.4 {digest} 2"]
+    lock = tmp_path / "jars.lock"
+    lock.write_text("\n".join(lines) + "\n")
+    assert jars.locked("s3a", lock)[0].repository_path == str(jar.relative_to(tmp_path))

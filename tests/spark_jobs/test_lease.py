@@ -208,3 +208,24 @@ def test_the_lease_names_the_spec_version_and_newer_fields_are_ignored(tmp_path:
         assert not holder.is_gone()
     finally:
         lease.release()
+
+
+def test_two_takeovers_of_one_gone_lease_leave_one_holder(tmp_path: Path) -> None:
+    # Given a lease whose holder is gone, and two drivers taking it over, the second of which
+    # reads it as gone just before the first has taken it over
+    first, second = lease_at(tmp_path, "first"), lease_at(tmp_path, "second")
+    write_holder(first, holder_of(host="other-host", pid=1, renewed=time.time() - 3600))
+    read = second.read
+
+    def read_then_first_takes_over() -> LeaseHolder | None:
+        holder = read()
+        if holder is not None and holder.token == "t":
+            first.acquire()
+        return holder
+
+    second.read = read_then_first_takes_over  # type: ignore[method-assign]
+    # Then the second is refused naming the first, whose lease stays in place
+    with pytest.raises(LeaseHeld, match="started by first"):
+        second.acquire()
+    assert first.read().token == first.token  # type: ignore[union-attr]
+    assert first.renew()

@@ -49,3 +49,24 @@ def test_a_port_held_by_another_process_is_not_free() -> None:
         port = held.getsockname()[1]
         assert not _port_is_free("127.0.0.1", port)
     assert _port_is_free("127.0.0.1", port)
+
+
+def test_s3a_takes_where_to_reach_the_store_from_the_aws_settings_and_never_a_secret() -> None:
+    from spark_jobs.session import AWS_DEFAULT_CREDENTIALS, S3A_FILESYSTEM, s3a_conf
+
+    secret = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI"}
+    # An S3-compatible server: its endpoint, path-style requests, a region by default
+    local = s3a_conf({**secret, "AWS_ENDPOINT_URL": "http://127.0.0.1:8333"})
+    assert local == {
+        "spark.hadoop.fs.s3.impl": S3A_FILESYSTEM,
+        "spark.hadoop.fs.s3a.aws.credentials.provider": AWS_DEFAULT_CREDENTIALS,
+        "spark.hadoop.fs.s3a.endpoint": "http://127.0.0.1:8333",
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
+    }
+    # AWS itself: the region the environment names, S3A's own endpoint
+    aws = s3a_conf({**secret, "AWS_REGION": "eu-west-1"})
+    assert aws["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
+    assert "spark.hadoop.fs.s3a.endpoint" not in aws
+    for conf in (local, aws):
+        assert not {"AKIDEXAMPLE", "wJalrXUtnFEMI"} & set(conf.values())

@@ -1,4 +1,5 @@
-"""The spark-submit command of a stream: the Kafka source's jars go in `--jars`, for it alone."""
+"""The spark-submit command of a stream: the Kafka source's jars and, for paths on S3, S3A's go in
+`--jars`, for them alone."""
 
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ def test_the_driver_is_told_its_spec_version(monkeypatch: pytest.MonkeyPatch) ->
     command = submit_command(spec, monkeypatch)
     version = command[command.index("--spec-version") + 1]
     assert version == SpecVersion.id_of("word_count", {}, code_version())
+
+
+def test_a_stream_on_s3_is_submitted_with_the_s3a_jars(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = StreamSpec(
+        stream="wc", job="word_count", input="i", sink="s3a://b/s", checkpoint="s3a://b/c"
+    )
+    command = submit_command(spec, monkeypatch)
+    paths = command[command.index("--jars") + 1].split(",")
+    assert paths == [str(path) for path in jars.resolve(jars.S3A)]
+    assert "hadoop-aws-3.5.0.jar" in {Path(p).name for p in paths}
