@@ -300,6 +300,12 @@ def common_parser(prog: str, description: str) -> JobArgumentParser:
         help="kafka source: at most N records per micro-batch (default: all new records)",
     )
     kafka.add_argument(
+        "--kafka-accept-data-loss",
+        action="store_true",
+        help="kafka source: read on from the earliest records still in the topic when records "
+        "the stream had not read yet have expired (default: fail, naming them)",
+    )
+    kafka.add_argument(
         "--kafka-option",
         type=kafka_option,
         action="append",
@@ -378,6 +384,7 @@ def _check_kafka(parser: JobArgumentParser, args: argparse.Namespace) -> None:
         "--kafka-topic-pattern": args.kafka_topic_pattern,
         "--max-offsets-per-trigger": args.max_offsets_per_trigger,
         "--kafka-option": args.kafka_option,
+        "--kafka-accept-data-loss": args.kafka_accept_data_loss,
     }
     if args.source == "kafka":
         if not args.kafka_bootstrap_servers:

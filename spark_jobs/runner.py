@@ -166,6 +166,39 @@ def failure_reason(message: str) -> str:
     return lines[0].strip()
 
 
+# Spark's Kafka source when offsets it must read are gone from the topic (`failOnDataLoss`).
+_KAFKA_DATA_LOSS = re.compile(
+    r"Some data may have been lost because they are not available in Kafka any more"
+)
+_LOST_RANGE = re.compile(
+    r"Could not read records in offset \[(\d+), (\d+)\) for topic partition (\S+)"
+)
+
+
+def kafka_data_loss(message: str) -> str | None:
+    """What a query's failure says when Kafka records expired before the stream read them: which
+    partition, which offsets, how many, and the choices. None for any other failure."""
+    if not _KAFKA_DATA_LOSS.search(message):
+        return None
+    ranges = sorted(set(_LOST_RANGE.findall(message)), key=lambda r: (r[2], int(r[0])))
+    lost = (
+        "; ".join(
+            f"{partition} offsets {start} to {int(end) - 1} (up to {int(end) - int(start)} "
+            "records lost)"
+            for start, end, partition in ranges
+        )
+        or "offsets Spark's message does not name"
+    )
+    return (
+        "Kafka records expired (or were deleted) before the stream read them; the batch could "
+        f"not read {lost} (Spark names the first partitions it met). Starting again fails the "
+        "same way. Either "
+        "accept the loss knowingly: start with --kafka-accept-data-loss (the stream DAGs' Param "
+        "kafka_accept_data_loss), which reads on from the earliest records still in the topic; "
+        "or restore the records into the topic first. docs/runbook.md, 'kafka_data_loss'"
+    )
+
+
 def stop_at_batch_boundary(
     query: StreamingQuery, grace_seconds: float = STOP_GRACE_SECONDS
 ) -> None:
@@ -370,6 +403,9 @@ def _run_leased(
         sys.stderr.write(f"{spec.name}: error: {refusal}\n")
         return EXIT_REFUSED
     except StreamingQueryException as failure:
+        if lost_records := kafka_data_loss(str(failure)):
+            sys.stderr.write(f"{spec.name}: error: {lost_records}\n")
+            return EXIT_REFUSED
         reason = failure_reason(str(failure))
         sys.stderr.write(
             f"{spec.name}: error: the stream failed: {reason}\n"

@@ -68,6 +68,8 @@ def read_kafka(spark: SparkSession, args: argparse.Namespace) -> DataFrame:
         reader = reader.option("subscribePattern", args.kafka_topic_pattern)
     if args.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
+    if args.kafka_accept_data_loss:
+        reader = reader.option("failOnDataLoss", "false")
     for key, value in kafka_client_options(args.kafka_option).items():
         reader = reader.option(key, value)
     # A binary-to-string cast keeps the bytes as they are, as the text source does for a file's

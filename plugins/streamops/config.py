@@ -99,6 +99,7 @@ class StreamSpec:
     max_offsets_per_trigger: int | None = None
     kafka_bootstrap_servers: str | None = None
     kafka_connection: str = "kafka_default"
+    kafka_accept_data_loss: bool = False
 
     @classmethod
     def from_params(
@@ -166,6 +167,8 @@ class StreamSpec:
         args += ["--kafka-starting-offsets", self.kafka_starting_offsets]
         if self.max_offsets_per_trigger:
             args += ["--max-offsets-per-trigger", str(self.max_offsets_per_trigger)]
+        if self.kafka_accept_data_loss:
+            args.append("--kafka-accept-data-loss")
         return args
 
     def application_args(self) -> list[str]:
@@ -244,4 +247,5 @@ def _kafka_fields(params: dict[str, object]) -> dict[str, Any]:
         "max_offsets_per_trigger": max_offsets,
         "kafka_bootstrap_servers": str(servers).replace(" ", "") if servers else None,
         "kafka_connection": connection,
+        "kafka_accept_data_loss": bool(params.get("kafka_accept_data_loss", False)),
     }

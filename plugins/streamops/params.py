@@ -89,6 +89,14 @@ def kafka_params() -> dict[str, Param]:
             title="Kafka bootstrap servers",
             description="HOST:PORT[,HOST:PORT...]; empty: the Kafka connection's bootstrap.servers",
         ),
+        "kafka_accept_data_loss": Param(
+            False,
+            type="boolean",
+            title="Kafka: accept data loss",
+            description="source 'kafka': when records the stream had not read have expired from "
+            "the topic, read on from the earliest ones left instead of failing (docs/runbook.md, "
+            "kafka_data_loss)",
+        ),
         "kafka_connection": Param(
             DEFAULT_CONNECTION,
             type="string",
@@ -261,6 +269,9 @@ CHANGES: dict[str, ChangeRule] = {
     "max_offsets_per_trigger": ChangeRule("restart", "a batch's size is no part of the checkpoint"),
     "kafka_bootstrap_servers": ChangeRule(
         "restart", "which brokers serve the topics is no part of the checkpoint"
+    ),
+    "kafka_accept_data_loss": ChangeRule(
+        "restart", "whether expired records fail the stream is no part of the checkpoint"
     ),
     "kafka_connection": ChangeRule(
         "restart", "the brokers' address and login are no part of the checkpoint"

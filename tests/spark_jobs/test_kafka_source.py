@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -529,3 +530,48 @@ def wait_until(
         assert driver.poll() is None, f"the driver exited {driver.returncode}"
         assert time.monotonic() < deadline, f"not within {timeout} s"
         time.sleep(1)
+
+
+def test_records_expired_before_they_were_read_fail_naming_them_until_accepted(
+    broker: str, tmp_path: Path
+) -> None:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    # Given a word_count that has read what a topic held, then records it has not read yet, of
+    # which the first 20 of each partition expire (deleted up to offset 50: they were 30-49)
+    create_topic(broker, "expiring")
+    rng = random.Random(5)
+    read, unread = messages(rng, 90), messages(rng, 90)
+    produce(broker, "expiring", read)
+    argv = [*job_argv(tmp_path, "word_count", broker, "expiring"), "--available-now"]
+    env = {**os.environ, **JOB_ENV}
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = job_command("word_count", *argv, *extra)
+        return subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+
+    assert run().returncode == 0
+    delivered = produce(broker, "expiring", unread)
+    admin = AdminClient({"bootstrap.servers": broker})
+    partitions = [TopicPartition("expiring", p, 50) for p in range(PARTITIONS)]
+    for future in admin.delete_records(partitions).values():
+        future.result(timeout=30)
+    # When the stream starts again
+    failed = run()
+    # Then it is refused (exit 2: a restart cannot help), naming the partition, the offsets and
+    # the two ways on
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    (line,) = [x for x in failed.stderr.splitlines() if x.startswith("word_count: error:")]
+    # (Spark names the batch's range of the partition: offsets 30 to 59, of which 30-49 expired)
+    assert re.search(r"expiring-\d offsets 30 to 59 \(up to 30 records lost\)", line), line
+    assert "--kafka-accept-data-loss" in line
+    assert "kafka_accept_data_loss" in line
+    # When it is started accepting the loss
+    assert run("--kafka-accept-data-loss").returncode == 0
+    # Then it read on from the earliest records left: everything but the expired ones, once
+    kept = [value for partition, offset, value in delivered if offset >= 50]
+    assert len(kept) == 90 - 3 * 20
+    assert counted(read_sink(tmp_path / "word_count-sink")) == oracle(read + kept)
