@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from scripts.local_process import PidFile  # noqa: E402
 from spark_jobs.jars import KAFKA_BROKER, JarUnavailable, resolve  # noqa: E402
 from spark_jobs.java_runtime import java_home  # noqa: E402
 
@@ -134,12 +133,14 @@ class BrokerFolder:
                 return int(line.rsplit(":", 1)[1])
         raise BrokerError(f"{self.config} names no advertised listener")
 
+    @property
+    def process(self) -> PidFile:
+        """The broker's process, known by its pid file, its main class and its config."""
+        return PidFile(self.pid_file, (BROKER_CLASS, str(self.config)))
+
     def pid(self) -> int | None:
         """The pid in the pid file, if there is one."""
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        return self.process.pid()
 
 
 def _java() -> str:
@@ -156,16 +157,7 @@ def _classpath() -> str:
 
 def is_running(folder: BrokerFolder) -> bool:
     """Whether the pid file names a live broker of this folder (not a reused pid)."""
-    pid = folder.pid()
-    if pid is None:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    ours = BROKER_CLASS.encode() in cmdline and str(folder.config).encode() in cmdline
-    return ours and state != "Z"
+    return folder.process.runs()
 
 
 def _ready(bootstrap: str) -> bool:
@@ -227,7 +219,7 @@ def start(root: Path, port: int | None) -> str:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, detached from the caller's
         )
-    folder.pid_file.write_text(f"{process.pid}\n")
+    folder.process.write(process.pid)
     bootstrap = f"{HOST}:{folder.port()}"
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while not _ready(bootstrap):
@@ -249,22 +241,7 @@ def start(root: Path, port: int | None) -> str:
 
 def stop(root: Path, now: bool = False) -> bool:
     """Stop the broker of folder `root` by its pid file's process group. False if none ran."""
-    folder = BrokerFolder(root.resolve())
-    pid = folder.pid()
-    if pid is None or not is_running(folder):
-        folder.pid_file.unlink(missing_ok=True)
-        return False
-    os.killpg(pid, signal.SIGKILL if now else signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while is_running(folder):
-        if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            deadline = time.monotonic() + STOP_GRACE_SECONDS
-        time.sleep(0.1)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
-    folder.pid_file.unlink(missing_ok=True)
-    return True
+    return BrokerFolder(root.resolve()).process.stop(now, STOP_GRACE_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,12 +26,10 @@ process group, detached from the caller; `stop` ends that group by the pid in it
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +37,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.local_process import PidFile  # noqa: E402
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 60.0
@@ -121,12 +125,14 @@ class ServerFolder:
         """Its volumes and filer store."""
         return self.root / "data"
 
+    @property
+    def process(self) -> PidFile:
+        """The server's process, known by its pid file and its `weed mini` arguments."""
+        return PidFile(self.pid_file, ("mini", f"-s3.config={self.config}"))
+
     def pid(self) -> int | None:
         """The pid in the pid file, if there is one."""
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        return self.process.pid()
 
     def port(self) -> int | None:
         """The S3 port it was started on, if it was."""
@@ -153,16 +159,7 @@ class ServerFolder:
 
 def is_running(folder: ServerFolder) -> bool:
     """Whether the pid file names a live server of this folder (not a reused pid)."""
-    pid = folder.pid()
-    if pid is None:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    ours = b"mini" in cmdline and f"-s3.config={folder.config}".encode() in cmdline
-    return ours and state != "Z"
+    return folder.process.runs()
 
 
 def client_settings(folder: ServerFolder) -> dict[str, str]:
@@ -274,7 +271,7 @@ def _start_once(folder: ServerFolder, weed: Path, port: int, bucket: str) -> dic
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, detached from the caller's
         )
-    folder.pid_file.write_text(f"{process.pid}\n")
+    folder.process.write(process.pid)
     settings = client_settings(folder)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
 
@@ -315,22 +312,7 @@ def _start_once(folder: ServerFolder, weed: Path, port: int, bucket: str) -> dic
 
 def stop(root: Path, now: bool = False) -> bool:
     """Stop the server of folder `root` by its pid file's process group. False if none ran."""
-    folder = ServerFolder(root.resolve())
-    pid = folder.pid()
-    if pid is None or not is_running(folder):
-        folder.pid_file.unlink(missing_ok=True)
-        return False
-    os.killpg(pid, signal.SIGKILL if now else signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while is_running(folder):
-        if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            deadline = time.monotonic() + STOP_GRACE_SECONDS
-        time.sleep(0.1)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
-    folder.pid_file.unlink(missing_ok=True)
-    return True
+    return ServerFolder(root.resolve()).process.stop(now, STOP_GRACE_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> int:

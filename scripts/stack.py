@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -41,7 +40,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,25 +198,13 @@ class Stack:
         return self.data_root / "streams" / stream / "sink"
 
 
-def kafka_script() -> ModuleType:
-    """`scripts/kafka.py`, the local broker (this folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "streamops_kafka_script", ROOT / "scripts/kafka.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def start_kafka(stack: Stack) -> str:
     """Start the demo's broker (a new folder gets the first free port from KAFKA_PORT) and make
     sure the topic exists; return the bootstrap address."""
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    kafka = kafka_script()
+    from scripts import kafka
+
     new = not (stack.kafka_dir / "server.properties").exists()
     try:
         bootstrap = str(kafka.start(stack.kafka_dir, pick_port(KAFKA_PORT) if new else None))
@@ -233,7 +219,9 @@ def start_kafka(stack: Stack) -> str:
 
 def stop_kafka(stack: Stack) -> None:
     """Stop the demo's broker if it runs (by its pid file's process group)."""
-    if (stack.kafka_dir / "kafka.pid").exists() and kafka_script().stop(stack.kafka_dir):
+    from scripts import kafka
+
+    if (stack.kafka_dir / "kafka.pid").exists() and kafka.stop(stack.kafka_dir):
         note(f"stopped the Kafka broker ({stack.kafka_dir})")
 
 

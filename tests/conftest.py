@@ -176,7 +176,6 @@ def run_available_now(spark: SparkSession, job: ModuleType, argv: list[str]) -> 
 
 def load_script(name: str) -> ModuleType:
     """`scripts/<name>.py` as a module (the folder is not a package)."""
-    import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
     assert spec is not None
@@ -228,14 +227,10 @@ def job_command(job: str, *argv: str) -> list[str]:
 
 
 def load_kafka_script() -> ModuleType:
-    """`scripts/kafka.py` (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("kafka_script", ROOT / "scripts" / "kafka.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """`scripts/kafka.py`, the local broker (`scripts` is a namespace package of the repository)."""
+    from scripts import kafka
+
+    return kafka
 
 
 @pytest.fixture(scope="session")
